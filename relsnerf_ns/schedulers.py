@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional, Tuple, Type
 
+import tyro
 from nerfstudio.engine.schedulers import Scheduler, SchedulerConfig
 from torch.optim import Optimizer, lr_scheduler
 
@@ -42,25 +43,24 @@ class PhaseLR:
 
 @dataclass
 class PhasedSchedulerConfig(SchedulerConfig):
-    """Learning rate per phase (A, B, C); a phase without a rate freezes the group (rate 0)."""
+    """Learning rate per phase (A, B, C) of one parameter group."""
 
     _target: Type = field(default_factory=lambda: PhasedScheduler)
-    phase_a: Optional[PhaseLR] = None
-    """Rate during phase A (autoencoder pretraining)."""
-    phase_b: Optional[PhaseLR] = None
-    """Rate during phase B (joint fitting)."""
-    phase_c: Optional[PhaseLR] = None
-    """Rate during phase C (decoder distillation)."""
-    schedule: Optional[PhaseScheduleConfig] = None
-    """The run's phase schedule; the trainer fills it in from the pipeline so both agree."""
+    phase_a: PhaseLR = field(default_factory=lambda: PhaseLR(lr=0.0))
+    """Rate during phase A (autoencoder pretraining); lr 0 freezes the group."""
+    phase_b: PhaseLR = field(default_factory=lambda: PhaseLR(lr=0.0))
+    """Rate during phase B (joint fitting); lr 0 freezes the group."""
+    phase_c: PhaseLR = field(default_factory=lambda: PhaseLR(lr=0.0))
+    """Rate during phase C (decoder distillation); lr 0 freezes the group."""
+    # Not a CLI option (an Optional dataclass would become a tyro subcommand per parameter group): the trainer
+    # copies the pipeline's schedule here so the two always agree.
+    schedule: tyro.conf.Suppress[Optional[PhaseScheduleConfig]] = None
 
     def rate(self, step: int) -> float:
         if self.schedule is None:
             raise RuntimeError("PhasedSchedulerConfig.schedule is unset: the RelsNerfTrainer fills it in at set-up")
         phase = self.schedule.phase_at(step)
         spec = {Phase.AE_PRETRAIN: self.phase_a, Phase.JOINT: self.phase_b, Phase.DISTILL: self.phase_c}[phase]
-        if spec is None:
-            return 0.0
         t = step - self.schedule.start_of(phase)
         stretch = self.schedule.length_of(phase) / max(1, self.schedule.paper_length_of(phase))
         return spec.at(t / max(stretch, 1e-8))

@@ -1,0 +1,229 @@
+"""The staged ReLS-NeRF pipeline: (A) autoencoder pretraining, (B) joint fitting, (C) decoder distillation.
+
+The phase is a function of the global step (see `phases.py`), so a run resumed from any checkpoint continues in the
+phase, and at the learning rate, that its step belongs to. Each phase's loss only reaches that phase's parameters.
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Mapping, Optional, Type
+
+import torch
+import torch.nn.functional as F
+from nerfstudio.data.datamanagers.base_datamanager import DataManagerConfig
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes
+from nerfstudio.models.base_model import ModelConfig
+from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
+from nerfstudio.utils.rich_utils import CONSOLE
+from torch.cuda.amp.grad_scaler import GradScaler
+
+from relsnerf_ns.distill_renders import DistillRenders
+from relsnerf_ns.phases import Phase, PhaseScheduleConfig
+from relsnerf_ns.relsnerf_datamanager import RelsNerfDataManager, RelsNerfDataManagerConfig, random_patch
+from relsnerf_ns.relsnerf_model import CheckpointMismatchError, RelsNerfModel, RelsNerfModelConfig
+
+
+@dataclass
+class RelsNerfPipelineConfig(VanillaPipelineConfig):
+    """Three-phase ReLS-NeRF fitting."""
+
+    _target: Type = field(default_factory=lambda: RelsNerfPipeline)
+    datamanager: DataManagerConfig = field(default_factory=RelsNerfDataManagerConfig)
+    """Rays, latent patches and crops."""
+    model: ModelConfig = field(default_factory=RelsNerfModelConfig)
+    """The ReLS-NeRF model."""
+    phases: PhaseScheduleConfig = field(default_factory=PhaseScheduleConfig)
+    """Step counts of phases A, B and C, presets and ablation switches."""
+    distill_real_weight: float = 0.7
+    """gamma of eq. 4: weight of real images in phase C (1 - gamma goes to RGB-NeRF renders)."""
+    num_distill_renders: int = 512
+    """RGB-NeRF renders at interpolated cameras made at the start of phase C (paper: 512)."""
+    distill_renders_per_step: int = 2
+    """Renders per phase-C step, next to one real image (paper: 2)."""
+    distill_render_seed: int = 0
+    """Seed of the interpolated cameras (fixed so a resumed run finds the same renders)."""
+    distill_render_dir: Optional[Path] = None
+    """Where phase C keeps its renders; the trainer sets it to the run directory (None: memory only)."""
+
+
+class RelsNerfPipeline(VanillaPipeline):
+    """Routes each step to its phase's batch and loss."""
+
+    config: RelsNerfPipelineConfig
+    datamanager: RelsNerfDataManager
+
+    def __init__(
+        self,
+        config: RelsNerfPipelineConfig,
+        device: str,
+        test_mode: Literal["test", "val", "inference"] = "val",
+        world_size: int = 1,
+        local_rank: int = 0,
+        grad_scaler: Optional[GradScaler] = None,
+    ) -> None:
+        super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
+        self.schedule = config.phases
+        self.schedule.steps()  # validate the step counts early, with a clear message
+        self.phase: Optional[Phase] = None
+        self.distill_renders: Optional[DistillRenders] = None
+
+    @property
+    def relsnerf_model(self) -> RelsNerfModel:
+        return typing.cast(RelsNerfModel, self.model)
+
+    # ------------------------------------------------------------------ phases
+    def enter_phase(self, step: int) -> Phase:
+        phase = self.schedule.phase_at(step)
+        if phase != self.phase:
+            a, b, c = self.schedule.steps()
+            CONSOLE.rule(f"[bold]Phase {phase.title}[/bold] (step {step}; schedule A={a}, B={b}, C={c} steps)")
+            self.phase = phase
+        return phase
+
+    def get_train_loss_dict(self, step: int):
+        phase = self.enter_phase(step)
+        if phase == Phase.AE_PRETRAIN:
+            outputs, loss_dict, metrics = self._ae_pretrain_step(step)
+        elif phase == Phase.JOINT:
+            outputs, loss_dict, metrics = self._joint_step(step)
+        else:
+            outputs, loss_dict, metrics = self._distill_step(step)
+        metrics["phase"] = torch.tensor(float(phase.index))
+        return outputs, loss_dict, metrics
+
+    def _ae_pretrain_step(self, step: int):
+        images = self.datamanager.next_ae_batch(step)
+        reconstruction = self.relsnerf_model.autoencoder.reconstruct(images)
+        mse = F.mse_loss(reconstruction, images)
+        metrics = {"ae_psnr": -10.0 * torch.log10(mse.detach().clamp_min(1e-10))}
+        return {}, {"ae_loss": mse}, metrics
+
+    def _joint_step(self, step: int):
+        model = self.relsnerf_model
+        ray_bundle, batch = self.datamanager.next_joint(step)
+        # Colour rays first: nerfacto's proposal sampler trains its networks on the first pass of a step.
+        outputs = self._model(ray_bundle)
+        metrics = model.get_metrics_dict(outputs, batch)
+        loss_dict = model.get_loss_dict(outputs, batch, metrics)
+        if "depth_rays" in batch:
+            depth_bundle, distance, weight = batch["depth_rays"]
+            depth_outputs = self._model(depth_bundle)
+            loss_dict["depth_loss"] = model.config.depth_loss_mult * model.get_depth_loss(
+                depth_outputs, distance.to(self.device), weight.to(self.device)
+            )
+        patch = batch["latent_patch"]
+        n = patch.latent_size
+        latent = model.render_latents(patch.ray_bundle.flatten().to(self.device))["latent"].view(n, n, -1)
+        decoded = model.decode_latent_map(latent)
+        patch_mse = F.mse_loss(decoded, patch.image.to(self.device))
+        loss_dict["patch_loss"] = model.config.patch_loss_mult * patch_mse
+        metrics["patch_psnr"] = -10.0 * torch.log10(patch_mse.detach().clamp_min(1e-10))
+        return outputs, loss_dict, metrics
+
+    def _distill_step(self, step: int):
+        model = self.relsnerf_model
+        renders = self.ensure_distill_renders()
+        real = self.datamanager.next_real_crop()
+        size = real.size
+        synthetic = [
+            random_patch(renders.cameras.to(self.device), renders.images, min(size, _fit(renders.images, size)))
+            for _ in range(self.config.distill_renders_per_step)
+        ]
+
+        def decoded_mse(patch) -> torch.Tensor:
+            n = patch.latent_size
+            with torch.no_grad():  # phase C trains the decoder only
+                latent = model.render_latents(patch.ray_bundle.flatten().to(self.device))["latent"].view(n, n, -1)
+            return F.mse_loss(model.decode_latent_map(latent), patch.image.to(self.device))
+
+        real_mse = decoded_mse(real)
+        loss_dict = {"distill_real_loss": self.config.distill_real_weight * real_mse}
+        if synthetic:
+            render_mse = torch.stack([decoded_mse(p) for p in synthetic]).mean()
+            loss_dict["distill_render_loss"] = (1.0 - self.config.distill_real_weight) * render_mse
+        metrics = {"distill_real_psnr": -10.0 * torch.log10(real_mse.detach().clamp_min(1e-10))}
+        return {}, loss_dict, metrics
+
+    def ensure_distill_renders(self) -> DistillRenders:
+        """Make (or reload) the phase-C renders once, at the first phase-C step of this process."""
+        if self.distill_renders is None:
+            model = self.relsnerf_model
+            renders = DistillRenders(
+                self.datamanager.train_dataset.cameras,
+                self.config.num_distill_renders,
+                self.config.distill_render_seed,
+                self.config.distill_render_dir,
+            )
+            was_training = model.training
+            model.eval()
+            renders.build(lambda camera: model.render_rgb_nerf(camera.to(self.device)))
+            model.train(was_training)
+            self.distill_renders = renders
+        return self.distill_renders
+
+    # ------------------------------------------------------------------ callbacks and evaluation
+    def get_training_callbacks(
+        self, training_callback_attributes: TrainingCallbackAttributes
+    ) -> List[TrainingCallback]:
+        """nerfacto's callbacks (proposal annealing, update schedule) count steps from the start of phase B."""
+        callbacks = self.datamanager.get_training_callbacks(training_callback_attributes)
+        start = self.schedule.start_of(Phase.JOINT)
+        for callback in self.model.get_training_callbacks(training_callback_attributes):
+            callback.func = _shift_steps(callback.func, start)
+            callbacks.append(callback)
+        return callbacks
+
+    def get_average_eval_image_metrics(
+        self, step: Optional[int] = None, output_path: Optional[Path] = None, get_std: bool = False
+    ):
+        """Held-out metrics of the decoded output and of the RGB-NeRF rendered at full resolution, side by side."""
+        model = self.relsnerf_model
+        previous = model.render_rgb_nerf_full_resolution
+        model.render_rgb_nerf_full_resolution = True
+        try:
+            return super().get_average_eval_image_metrics(step=step, output_path=output_path, get_std=get_std)
+        finally:
+            model.render_rgb_nerf_full_resolution = previous
+
+    # ------------------------------------------------------------------ checkpoints
+    def load_pipeline(self, loaded_state: Dict[str, Any], step: int) -> None:
+        """Load strictly: a checkpoint of another method or autoencoder is an error, never a partial load."""
+        state = {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in loaded_state.items()}
+        self.model.update_to_step(step)
+        self.load_state_dict(state, strict=True)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: Optional[bool] = True):
+        model_state = {k[len("_model.") :]: v for k, v in state_dict.items() if k.startswith("_model.")}
+        own = self.model.state_dict()
+        missing = sorted(set(own) - set(model_state))
+        unexpected = sorted(set(model_state) - set(own))
+        shapes = [k for k in set(own) & set(model_state) if hasattr(own[k], "shape") and own[k].shape != model_state[k].shape]
+        if missing or unexpected or shapes:
+            identity = model_state.get("_extra_state")
+            raise CheckpointMismatchError(
+                "the checkpoint does not match this model"
+                + (f" (it was trained with {identity}; this run is {self.relsnerf_model.identity()})" if identity else "")
+                + f": {len(missing)} missing, {len(unexpected)} unexpected, {len(shapes)} mis-shaped tensors"
+                + (f"; e.g. missing {missing[:3]}" if missing else "")
+                + (f"; e.g. unexpected {unexpected[:3]}" if unexpected else "")
+                + (f"; e.g. mis-shaped {sorted(shapes)[:3]}" if shapes else "")
+                + ". Load it with the method and autoencoder settings it was trained with."
+            )
+        return super().load_state_dict(state_dict, strict=True)
+
+
+def _fit(images: List[torch.Tensor], size: int) -> int:
+    smallest = min(min(int(i.shape[0]), int(i.shape[1])) for i in images)
+    return max(8, min(size, smallest) // 8 * 8)
+
+
+def _shift_steps(func, start: int):
+    def shifted(*args, step: int, **kwargs):
+        if step >= start:
+            return func(*args, step=step - start, **kwargs)
+        return None
+
+    return shifted
