@@ -134,6 +134,8 @@ class RelsNerfModel(NerfactoModel):
 
         With `with_colour`, the same samples also give colour, depth and accumulation (one pass for inference).
         """
+        if ray_bundle.nears is None and self.collider is not None:
+            ray_bundle = self.collider(ray_bundle)  # what Model.forward does for colour rays
         with torch.no_grad():
             ray_samples, _, _ = self.proposal_sampler(ray_bundle, density_fns=self.density_fns)
             if with_colour:
