@@ -1,0 +1,98 @@
+"""Phase schedule, phase-aware learning rates, interpolated cameras."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from nerfstudio.cameras.cameras import Cameras
+
+from relsnerf_ns.camera_interpolation import interpolated_cameras, sample_triplets
+from relsnerf_ns.phases import Phase, PhaseScheduleConfig
+from relsnerf_ns.relsnerf_config import relsnerf_optimizers
+
+
+def test_paper_schedules_and_boundaries():
+    r32 = PhaseScheduleConfig(family="r32")
+    assert r32.steps() == (3000, 20000, 10000)
+    assert r32.boundaries() == (3000, 23000, 33000)
+    assert [r32.phase_at(s) for s in (0, 2999, 3000, 22999, 23000, 32999)] == [
+        Phase.AE_PRETRAIN, Phase.AE_PRETRAIN, Phase.JOINT, Phase.JOINT, Phase.DISTILL, Phase.DISTILL
+    ]
+    assert PhaseScheduleConfig(family="sd").steps() == (500, 20000, 3000)
+    custom = PhaseScheduleConfig(family="sd", ae_pretrain_steps=7, skip_distill=True)
+    assert custom.steps() == (7, 20000, 0) and custom.total_steps == 20007
+    assert PhaseScheduleConfig(skip_ae_pretrain=True, joint_steps=5).phase_at(0) == Phase.JOINT
+    with pytest.raises(ValueError, match="phase B"):
+        PhaseScheduleConfig(joint_steps=0).steps()
+
+
+def rates(family: str, schedule: PhaseScheduleConfig, group: str, steps):
+    scheduler = relsnerf_optimizers(family)[group]["scheduler"]
+    scheduler.schedule = schedule
+    return [scheduler.rate(s) for s in steps]
+
+
+def test_paper_learning_rates_per_phase():
+    r32 = PhaseScheduleConfig(family="r32")
+    # A: 4e-4 halved every 500; B: decoder fixed 1e-4; C: 1e-4 halved every 2500.
+    assert rates("r32", r32, "ae_decoder", [0, 499, 500, 2999]) == pytest.approx([4e-4, 4e-4, 2e-4, 4e-4 / 32])
+    assert rates("r32", r32, "ae_decoder", [3000, 22999]) == pytest.approx([1e-4, 1e-4])
+    assert rates("r32", r32, "ae_decoder", [23000, 25499, 25500, 32999]) == pytest.approx([1e-4, 1e-4, 5e-5, 1.25e-5])
+    # The encoder trains in phase A only.
+    assert rates("r32", r32, "ae_encoder", [0, 3000, 23000]) == pytest.approx([4e-4, 0.0, 0.0])
+    # NeRF: 1e-2 * 0.1^(t / 1e4) from the start of B, frozen elsewhere.
+    assert rates("r32", r32, "fields", [2999, 3000, 13000, 23000]) == pytest.approx([0.0, 1e-2, 1e-3, 0.0])
+    sd = PhaseScheduleConfig(family="sd")
+    assert rates("sd", sd, "ae_decoder", [149, 150, 300, 450]) == pytest.approx([1e-4, 5e-5, 2.5e-5, 1.25e-5])
+    assert rates("sd", sd, "ae_decoder", [20500, 21500]) == pytest.approx([1e-4, 5e-5])
+
+
+def test_short_runs_stretch_the_schedule_shapes():
+    short = PhaseScheduleConfig(family="r32", ae_pretrain_steps=300, joint_steps=2000, distill_steps=1000)
+    # A is 1/10 of the paper's: halvings every 50 steps; B: tenfold decay every 1000 steps.
+    assert rates("r32", short, "ae_decoder", [49, 50]) == pytest.approx([4e-4, 2e-4])
+    assert rates("r32", short, "latent_field", [300, 1300]) == pytest.approx([1e-2, 1e-3])
+
+
+def triangle_barycentric(points, corners):
+    """Barycentric coordinates of points in the plane of each triangle (least squares)."""
+    a, b, c = corners[:, 0], corners[:, 1], corners[:, 2]
+    basis = torch.stack([b - a, c - a], dim=-1)  # [n, 3, 2]
+    uv = torch.linalg.lstsq(basis, (points - a)[..., None]).solution[..., 0]
+    return torch.stack([1 - uv.sum(-1), uv[:, 0], uv[:, 1]], dim=-1)
+
+
+def test_interpolated_cameras_stay_inside_their_triplet_with_valid_rotations():
+    torch.manual_seed(0)
+    n = 6
+    angles = torch.linspace(-0.6, 0.6, n)
+    c2w = torch.zeros(n, 3, 4)
+    for i, a in enumerate(angles):
+        rot = torch.tensor([[torch.cos(a), 0, torch.sin(a)], [0, 1, 0], [-torch.sin(a), 0, torch.cos(a)]])
+        c2w[i, :, :3] = rot
+        c2w[i, :, 3] = torch.tensor([3 * torch.sin(a), 0.2 * i, 3 * torch.cos(a)])
+    cams = Cameras(camera_to_worlds=c2w, fx=50.0, fy=50.0, cx=32.0, cy=24.0, width=64, height=48)
+    out, triplets, weights = interpolated_cameras(cams, 200, seed=3)
+    assert out.camera_to_worlds.shape == (200, 3, 4)
+    assert (triplets[:, 0] != triplets[:, 1]).all() and (triplets[:, 1] != triplets[:, 2]).all()
+    assert (triplets[:, 0] != triplets[:, 2]).all()
+    assert (weights >= 0).all() and torch.allclose(weights.sum(-1), torch.ones(200))
+    centres = out.camera_to_worlds[..., 3]
+    bary = triangle_barycentric(centres, c2w[triplets][..., 3])
+    assert (bary > -1e-4).all(), "a centre left its triangle"
+    torch.testing.assert_close(bary, weights, atol=1e-4, rtol=0)
+    rot = out.camera_to_worlds[..., :3]
+    torch.testing.assert_close(rot @ rot.transpose(1, 2), torch.eye(3).expand(200, 3, 3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.det(rot), torch.ones(200), atol=1e-5, rtol=0)
+    # Rotation angles (about y) stay between those of the triplet.
+    yaw = torch.atan2(rot[:, 0, 2], rot[:, 0, 0])
+    tri_yaw = angles[triplets]
+    assert (yaw >= tri_yaw.min(-1).values - 1e-4).all() and (yaw <= tri_yaw.max(-1).values + 1e-4).all()
+    # Same seed, same cameras (phase C's renders are found again after a resume).
+    again, _, _ = interpolated_cameras(cams, 200, seed=3)
+    torch.testing.assert_close(again.camera_to_worlds, out.camera_to_worlds)
+
+
+def test_triplets_need_three_cameras():
+    with pytest.raises(ValueError, match="at least 3 training cameras"):
+        sample_triplets(2, 4, torch.Generator().manual_seed(0))
