@@ -35,10 +35,26 @@ def stage_widths(sequence: nn.Sequential):
 def test_r32_layers_follow_appendix_c():
     ae = R32AutoencoderConfig().setup()
     assert stage_widths(ae.encoder) == [
-        ("C5", 32), ("R", 128), ("D", None), ("R", 128), ("D", None), ("R", 256), ("D", None), ("R", 256), ("C", 32)
+        ("C5", 32),
+        ("R", 128),
+        ("D", None),
+        ("R", 128),
+        ("D", None),
+        ("R", 256),
+        ("D", None),
+        ("R", 256),
+        ("C", 32),
     ]
     assert stage_widths(ae.decoder) == [
-        ("C", 256), ("R", 256), ("U", None), ("R", 128), ("U", None), ("R", 128), ("U", None), ("R", 32), ("C", 3),
+        ("C", 256),
+        ("R", 256),
+        ("U", None),
+        ("R", 128),
+        ("U", None),
+        ("R", 128),
+        ("U", None),
+        ("R", 32),
+        ("C", 3),
         ("S", None),
     ]
     assert ae.encoder[0][0].kernel_size == (5, 5)

@@ -32,7 +32,12 @@ def camera(width=64, height=48, n=1) -> Cameras:
     c2w = torch.eye(4)[:3].clone()
     c2w[2, 3] = 3.0
     return Cameras(
-        camera_to_worlds=c2w[None].repeat(n, 1, 1), fx=60.0, fy=60.0, cx=width / 2, cy=height / 2, width=width,
+        camera_to_worlds=c2w[None].repeat(n, 1, 1),
+        fx=60.0,
+        fy=60.0,
+        cx=width / 2,
+        cy=height / 2,
+        width=width,
         height=height,
     )
 

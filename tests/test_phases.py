@@ -16,7 +16,12 @@ def test_paper_schedules_and_boundaries():
     assert r32.steps() == (3000, 20000, 10000)
     assert r32.boundaries() == (3000, 23000, 33000)
     assert [r32.phase_at(s) for s in (0, 2999, 3000, 22999, 23000, 32999)] == [
-        Phase.AE_PRETRAIN, Phase.AE_PRETRAIN, Phase.JOINT, Phase.JOINT, Phase.DISTILL, Phase.DISTILL
+        Phase.AE_PRETRAIN,
+        Phase.AE_PRETRAIN,
+        Phase.JOINT,
+        Phase.JOINT,
+        Phase.DISTILL,
+        Phase.DISTILL,
     ]
     assert PhaseScheduleConfig(family="sd").steps() == (500, 20000, 3000)
     custom = PhaseScheduleConfig(family="sd", ae_pretrain_steps=7, skip_distill=True)
