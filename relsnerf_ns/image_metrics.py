@@ -33,16 +33,15 @@ class OfflineLPIPS:
     def available(self) -> bool:
         return alexnet_weights_path().is_file()
 
-    def __call__(
-        self, reference: Float[Tensor, "1 3 H W"], prediction: Float[Tensor, "1 3 H W"]
-    ) -> Optional[float]:
+    def __call__(self, reference: Float[Tensor, "1 3 H W"], prediction: Float[Tensor, "1 3 H W"]) -> Optional[float]:
         if self._unavailable:
             return None
         if self._metric is None:
             if not self.available():
                 self._unavailable = True
                 CONSOLE.print(
-                    f"[yellow]LPIPS skipped: its AlexNet weights are not in the torch cache ({alexnet_weights_path()}). "
+                    "[yellow]LPIPS skipped: its AlexNet weights are not in the torch cache "
+                    f"({alexnet_weights_path()}). "
                     f"To enable it, copy {ALEXNET_FILE} (from https://download.pytorch.org/models/{ALEXNET_FILE}) "
                     "there, or set TORCH_HOME to a cache that has it. PSNR and SSIM are unaffected."
                 )

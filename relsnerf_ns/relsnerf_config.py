@@ -25,7 +25,7 @@ from relsnerf_ns.relsnerf_datamanager import RelsNerfDataManagerConfig
 from relsnerf_ns.relsnerf_model import RelsNerfModelConfig
 from relsnerf_ns.relsnerf_pipeline import RelsNerfPipelineConfig
 from relsnerf_ns.relsnerf_trainer import RelsNerfTrainerConfig
-from relsnerf_ns.schedulers import PhaseLR, PhasedSchedulerConfig
+from relsnerf_ns.schedulers import PhasedSchedulerConfig, PhaseLR
 
 NERF_LR = PhaseLR(lr=1e-2, tenfold_decay_every=10000)
 

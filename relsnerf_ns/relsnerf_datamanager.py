@@ -46,7 +46,9 @@ def largest_patch(requested: int, images: List[Tensor]) -> int:
     smallest = min(min(int(image.shape[0]), int(image.shape[1])) for image in images)
     size = min(requested, smallest) // 8 * 8
     if size < 8:
-        raise ValueError(f"images must be at least 8x8 pixels to hold one latent pixel; the smallest side is {smallest}")
+        raise ValueError(
+            f"images must be at least 8x8 pixels to hold one latent pixel; the smallest side is {smallest}"
+        )
     return size
 
 
@@ -127,9 +129,10 @@ class RelsNerfDataManager(VanillaDataManager):
     def next_ae_batch(self, step: int) -> Float[Tensor, "batch 3 size size"]:
         """Random crops of training images for autoencoder pretraining."""
         size = largest_patch(self.config.ae_crop_size, self.train_images)
-        crops = [random_patch(self.train_cameras, self.train_images, size, with_rays=False).image for _ in range(
-            self.config.ae_batch_size
-        )]
+        crops = [
+            random_patch(self.train_cameras, self.train_images, size, with_rays=False).image
+            for _ in range(self.config.ae_batch_size)
+        ]
         return torch.stack(crops).to(self.device)
 
     # ------------------------------------------------------------------ phase B

@@ -12,12 +12,11 @@ import torch
 from jaxtyping import Float
 from nerfstudio.cameras.rays import RaySamples
 from nerfstudio.data.scene_box import SceneBox
-from nerfstudio.fields.base_field import get_normalized_directions
 from nerfstudio.field_components.mlp import MLP, MLPWithHashEncoding
+from nerfstudio.fields.base_field import get_normalized_directions
 from nerfstudio.fields.nerfacto_field import NerfactoField
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor, nn
-
 
 
 def resolve_implementation(requested: Literal["tcnn", "torch", "auto"]) -> Literal["tcnn", "torch"]:

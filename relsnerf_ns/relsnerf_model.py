@@ -207,7 +207,10 @@ class RelsNerfModel(NerfactoModel):
 
     # ------------------------------------------------------------------ losses
     def get_depth_loss(
-        self, outputs: Dict[str, Any], termination_depth: Float[Tensor, "rays 1"], point_weights: Float[Tensor, "rays 1"]
+        self,
+        outputs: Dict[str, Any],
+        termination_depth: Float[Tensor, "rays 1"],
+        point_weights: Float[Tensor, "rays 1"],
     ) -> Tensor:
         """DS-NeRF depth loss on rays through sparse points, weighted per point (DS-NeRF's reprojection weights).
 

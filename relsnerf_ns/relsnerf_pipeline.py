@@ -200,12 +200,18 @@ class RelsNerfPipeline(VanillaPipeline):
         own = self.model.state_dict()
         missing = sorted(set(own) - set(model_state))
         unexpected = sorted(set(model_state) - set(own))
-        shapes = [k for k in set(own) & set(model_state) if hasattr(own[k], "shape") and own[k].shape != model_state[k].shape]
+        shapes = [
+            k for k in set(own) & set(model_state) if hasattr(own[k], "shape") and own[k].shape != model_state[k].shape
+        ]
         if missing or unexpected or shapes:
             identity = model_state.get("_extra_state")
             raise CheckpointMismatchError(
                 "the checkpoint does not match this model"
-                + (f" (it was trained with {identity}; this run is {self.relsnerf_model.identity()})" if identity else "")
+                + (
+                    f" (it was trained with {identity}; this run is {self.relsnerf_model.identity()})"
+                    if identity
+                    else ""
+                )
                 + f": {len(missing)} missing, {len(unexpected)} unexpected, {len(shapes)} mis-shaped tensors"
                 + (f"; e.g. missing {missing[:3]}" if missing else "")
                 + (f"; e.g. unexpected {unexpected[:3]}" if unexpected else "")

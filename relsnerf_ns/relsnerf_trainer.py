@@ -71,7 +71,9 @@ class RelsNerfTrainer(Trainer):
         path = self.checkpoint_dir / f"step-{step:09d}.ckpt"
         state = {
             "step": int(step),
-            "pipeline": self.pipeline.module.state_dict() if hasattr(self.pipeline, "module") else self.pipeline.state_dict(),  # type: ignore
+            "pipeline": self.pipeline.module.state_dict()
+            if hasattr(self.pipeline, "module")
+            else self.pipeline.state_dict(),  # type: ignore
             "optimizers": {k: v.state_dict() for k, v in self.optimizers.optimizers.items()},
             "schedulers": {k: v.state_dict() for k, v in self.optimizers.schedulers.items()},
             "scalers": self.grad_scaler.state_dict(),

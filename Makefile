@@ -1,0 +1,40 @@
+# One-command set-up and runs. Each target creates the virtual environment with the pinned packages on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test demo lint format clean
+
+setup: $(STAMP) ffmpeg
+
+# The CUDA build of torch from PyPI (it also runs on CPU); constraints.txt pins every transitive package.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+# ns-render writes videos with ffmpeg.
+ffmpeg:
+	@command -v ffmpeg >/dev/null 2>&1 || { \
+	  echo "installing ffmpeg (Debian package)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq ffmpeg >/dev/null; }
+
+test: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests
+
+demo: setup
+	$(BIN)/python -m relsnerf_ns.demo --output demo_output
+
+lint: setup
+	$(BIN)/ruff check relsnerf_ns tests
+	$(BIN)/ruff format --check relsnerf_ns tests
+
+format: setup
+	$(BIN)/ruff format relsnerf_ns tests
+	$(BIN)/ruff check --fix relsnerf_ns tests
+
+clean:
+	rm -rf $(VENV) demo_output outputs
