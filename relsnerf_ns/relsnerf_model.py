@@ -18,6 +18,7 @@ from nerfstudio.data.scene_box import OrientedBox
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
 from nerfstudio.utils import colormaps
+from nerfstudio.viewer.viewer_elements import ViewerDropdown, ViewerText
 from torch import Tensor
 from torch.nn import Parameter
 
@@ -27,6 +28,8 @@ from relsnerf_ns.latent_rays import latent_ray_bundle
 from relsnerf_ns.relsnerf_field import RelsNerfField, resolve_implementation
 
 LATENT_DOWNSCALE = 8
+RENDER_DECODED = "decoded (latent map + decoder)"
+RENDER_RGB_NERF = "RGB-NeRF (one ray per pixel)"
 
 
 class CheckpointMismatchError(RuntimeError):
@@ -115,6 +118,14 @@ class RelsNerfModel(NerfactoModel):
         del self.lpips
         self.offline_lpips = OfflineLPIPS()
         self.render_rgb_nerf_full_resolution = self.config.rgb_nerf_full_resolution
+        # Viewer controls (nerfstudio's viewer collects ViewerElement attributes of the model).
+        self.viewer_phase = ViewerText("Training phase", "not training", disabled=True, hint="ReLS-NeRF fitting phase")
+        self.viewer_render_mode = ViewerDropdown(
+            "Main image",
+            RENDER_DECODED,
+            [RENDER_DECODED, RENDER_RGB_NERF],
+            hint="'rgb' shows the decoded latent render (fast) or the colour NeRF rendered per pixel (slow)",
+        )
 
     # ------------------------------------------------------------------ parameters
     def get_param_groups(self) -> Dict[str, List[Parameter]]:
@@ -193,11 +204,14 @@ class RelsNerfModel(NerfactoModel):
         for key in ("rgb_nerf", "depth", "accumulation", "latent"):
             outputs[key] = upsample_latent_grid(low[key], height, width)
         outputs["latent_lowres"] = low["latent"]
-        if self.render_rgb_nerf_full_resolution:
+        show_rgb_nerf = self.viewer_render_mode.value == RENDER_RGB_NERF
+        if self.render_rgb_nerf_full_resolution or show_rgb_nerf:
             full = super().get_outputs_for_camera(camera, obb_box=obb_box)
             outputs["rgb_nerf"] = full["rgb"]
             outputs["depth"] = full["depth"]
             outputs["accumulation"] = full["accumulation"]
+        if show_rgb_nerf:
+            outputs["rgb"] = outputs["rgb_nerf"]
         return outputs
 
     @torch.no_grad()

@@ -81,6 +81,7 @@ class RelsNerfPipeline(VanillaPipeline):
             a, b, c = self.schedule.steps()
             CONSOLE.rule(f"[bold]Phase {phase.title}[/bold] (step {step}; schedule A={a}, B={b}, C={c} steps)")
             self.phase = phase
+            self.relsnerf_model.viewer_phase.value = f"{phase.title} (steps {self.schedule.start_of(phase)}+)"
         return phase
 
     def get_train_loss_dict(self, step: int):

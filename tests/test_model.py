@@ -124,3 +124,15 @@ def test_full_resolution_rgb_nerf_matches_nerfacto_path(model):
     outputs = model.get_outputs_for_camera(camera(width=24, height=16))
     expected = model.render_rgb_nerf(camera(width=24, height=16))
     torch.testing.assert_close(outputs["rgb_nerf"], expected)
+
+
+def test_viewer_switch_shows_the_rgb_nerf_per_pixel(model):
+    from relsnerf_ns.relsnerf_model import RENDER_RGB_NERF
+
+    model.eval()
+    cam = camera(width=24, height=16)
+    decoded = model.get_outputs_for_camera(cam)["rgb"]
+    model.viewer_render_mode.value = RENDER_RGB_NERF
+    switched = model.get_outputs_for_camera(cam)["rgb"]
+    torch.testing.assert_close(switched, model.render_rgb_nerf(cam))
+    assert not torch.allclose(switched, decoded)

@@ -41,6 +41,7 @@ def test_phases_switch_at_configured_steps_and_train_only_their_parameters(scene
         before = snapshot(trainer)
         loss, loss_dict, metrics = trainer.train_iteration(step)
         assert trainer.pipeline.phase.value == phase, step
+        assert trainer.pipeline.model.viewer_phase.value.startswith(phase + ":")
         assert metrics["phase"].item() == "ABC".index(phase)
         assert changed_groups(before, snapshot(trainer)) == GROUPS_PER_PHASE[Phase(phase)], (step, phase)
         assert torch.isfinite(loss)
@@ -185,3 +186,20 @@ def test_ns_render_writes_videos_of_each_output(trained_run, tmp_path):
     )
     stream = json.loads(probe.stdout)["streams"][0]
     assert stream["height"] == 48 and stream["width"] == 4 * 64 and int(stream["nb_read_frames"]) == 4
+
+
+@pytest.mark.parametrize("method", ["relsnerf", "relsnerf-r32", "relsnerf-tiny"])
+def test_ns_train_help_documents_the_options(method):
+    result = subprocess.run([str(VENV_BIN / "ns-train"), method, "--help"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = " ".join(result.stdout.split())
+    for option in (
+        "--pipeline.phases.preset",
+        "--pipeline.phases.skip-distill",
+        "--pipeline.num-distill-renders",
+        "--pipeline.datamanager.latent-patch-size",
+        "--pipeline.model.patch-loss-mult",
+        "--pipeline.model.autoencoder.",
+    ):
+        assert option in text, option
+    assert "skip phase C" in text and "gamma of eq. 4" in text  # field docstrings reach --help
