@@ -22,6 +22,13 @@ from relsnerf_ns.demo_scene import write_demo_scene
 
 BIN = Path(sys.executable).parent
 
+
+def tool(name: str) -> str:
+    """A nerfstudio command of this environment (next to its python), else from PATH."""
+    local = BIN / name
+    return str(local) if local.exists() else (shutil.which(name) or name)
+
+
 # Field and batch sizes for a CPU-sized demo (the paper's sizes are the method's defaults).
 DEMO_ARGS = [
     "--pipeline.model.num-levels", "8", "--pipeline.model.max-res", "512", "--pipeline.model.log2-hashmap-size", "15",
@@ -55,7 +62,7 @@ def main() -> None:
     print(f"scene: 16 procedural views of 128x96 in {scene}; training on {device}")
     a, b, c = args.steps
     run(
-        [BIN / "ns-train", "relsnerf-r32", "--output-dir", args.output / "runs", "--experiment-name", "demo",
+        [tool("ns-train"), "relsnerf-r32", "--output-dir", args.output / "runs", "--experiment-name", "demo",
          "--timestamp", "run", "--vis", "tensorboard", "--machine.device-type", device,
          "--pipeline.phases.ae-pretrain-steps", a, "--pipeline.phases.joint-steps", b,
          "--pipeline.phases.distill-steps", c, "--steps-per-eval-image", 400, "--steps-per-eval-batch", 400,
@@ -65,12 +72,12 @@ def main() -> None:
     config = args.output / "runs" / "demo" / "relsnerf-r32" / "run" / "config.yml"
     video = args.output / "spiral.mp4"
     run(
-        [BIN / "ns-render", "spiral", "--load-config", config, "--output-path", video, "--seconds", 3,
+        [tool("ns-render"), "spiral", "--load-config", config, "--output-path", video, "--seconds", 3,
          "--frame-rate", 10, "--rendered-output-names", "rgb", "rgb_nerf"],
         "ns-render spiral (decoded | RGB-NeRF, side by side)",
     )  # fmt: skip
     metrics = args.output / "metrics.json"
-    run([BIN / "ns-eval", "--load-config", config, "--output-path", metrics], "ns-eval on the held-out views")
+    run([tool("ns-eval"), "--load-config", config, "--output-path", metrics], "ns-eval on the held-out views")
     results = json.loads(metrics.read_text())["results"]
     print("\nHeld-out metrics (decoded output | RGB-NeRF):")
     for name in ("psnr", "ssim", "lpips"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Dict, Literal
 
 from nerfstudio.configs.base_config import ViewerConfig
+from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.plugins.types import MethodSpecification
 
@@ -73,7 +74,7 @@ def relsnerf_trainer_config(
         max_num_iterations=phases.total_steps,
         mixed_precision=True,
         pipeline=RelsNerfPipelineConfig(
-            datamanager=RelsNerfDataManagerConfig(ae_batch_size=ae_batch_size),
+            datamanager=RelsNerfDataManagerConfig(dataparser=NerfstudioDataParserConfig(), ae_batch_size=ae_batch_size),
             model=RelsNerfModelConfig(autoencoder=autoencoder, eval_num_rays_per_chunk=1 << 15),
             phases=phases,
         ),
