@@ -22,7 +22,12 @@ from torch.cuda.amp.grad_scaler import GradScaler
 
 from relsnerf_ns.distill_renders import DistillRenders
 from relsnerf_ns.phases import Phase, PhaseScheduleConfig
-from relsnerf_ns.relsnerf_datamanager import RelsNerfDataManager, RelsNerfDataManagerConfig, random_patch
+from relsnerf_ns.relsnerf_datamanager import (
+    RelsNerfDataManager,
+    RelsNerfDataManagerConfig,
+    largest_patch,
+    random_patch,
+)
 from relsnerf_ns.relsnerf_model import CheckpointMismatchError, RelsNerfModel, RelsNerfModelConfig
 
 
@@ -130,7 +135,7 @@ class RelsNerfPipeline(VanillaPipeline):
         real = self.datamanager.next_real_crop()
         size = real.size
         synthetic = [
-            random_patch(renders.cameras.to(self.device), renders.images, min(size, _fit(renders.images, size)))
+            random_patch(renders.cameras.to(self.device), renders.images, largest_patch(size, renders.images))
             for _ in range(self.config.distill_renders_per_step)
         ]
 
@@ -220,11 +225,6 @@ class RelsNerfPipeline(VanillaPipeline):
                 + ". Load it with the method and autoencoder settings it was trained with."
             )
         return super().load_state_dict(state_dict, strict=True)
-
-
-def _fit(images: List[torch.Tensor], size: int) -> int:
-    smallest = min(min(int(i.shape[0]), int(i.shape[1])) for i in images)
-    return max(8, min(size, smallest) // 8 * 8)
 
 
 def _shift_steps(func, start: int):

@@ -31,17 +31,22 @@ class LatentAutoencoder(nn.Module):
     downscale: int = 8
     """Spatial downsampling factor between images and latent maps."""
 
+    # Defaults for autoencoders built as an `encoder` and a `decoder` module (R32, tiny AE); SD-VAE overrides them.
+    encoder: nn.Module
+    decoder: nn.Module
+
     def encode(self, images: Float[Tensor, "batch 3 height width"]) -> Float[Tensor, "batch n height/8 width/8"]:
-        raise NotImplementedError
+        check_image_batch(images, self.downscale)
+        return self.encoder(images)
 
     def decode(self, latents: Float[Tensor, "batch n h w"]) -> Float[Tensor, "batch 3 h*8 w*8"]:
-        raise NotImplementedError
+        return self.decoder(latents)
 
     def encoder_parameters(self) -> List[nn.Parameter]:
-        raise NotImplementedError
+        return list(self.encoder.parameters())
 
     def decoder_parameters(self) -> List[nn.Parameter]:
-        raise NotImplementedError
+        return list(self.decoder.parameters())
 
     def reconstruct(self, images: Float[Tensor, "batch 3 height width"]) -> Float[Tensor, "batch 3 height width"]:
         """Encode then decode: the phase-A training target."""

@@ -9,13 +9,12 @@ halving / doubling; C1 = conv 1x1. The widths are the output channels of C5/C1 a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Tuple, Type
+from typing import Tuple, Type
 
 import torch.nn.functional as F
-from jaxtyping import Float
 from torch import Tensor, nn
 
-from relsnerf_ns.autoencoders.base import AutoencoderConfig, LatentAutoencoder, check_image_batch
+from relsnerf_ns.autoencoders.base import AutoencoderConfig, LatentAutoencoder
 
 
 class ResidualBlock(nn.Module):
@@ -110,16 +109,3 @@ class R32Autoencoder(LatentAutoencoder):
             nn.Conv2d(d[4], 3, 1),  # C1
             nn.Sigmoid(),
         )
-
-    def encode(self, images: Float[Tensor, "batch 3 height width"]) -> Float[Tensor, "batch n height/8 width/8"]:
-        check_image_batch(images, self.downscale)
-        return self.encoder(images)
-
-    def decode(self, latents: Float[Tensor, "batch n h w"]) -> Float[Tensor, "batch 3 h*8 w*8"]:
-        return self.decoder(latents)
-
-    def encoder_parameters(self) -> List[nn.Parameter]:
-        return list(self.encoder.parameters())
-
-    def decoder_parameters(self) -> List[nn.Parameter]:
-        return list(self.decoder.parameters())

@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import List, Literal, Type
 
 import torch
-from jaxtyping import Float
 from torch import Tensor, nn
 
-from relsnerf_ns.autoencoders.base import AutoencoderConfig, LatentAutoencoder, check_image_batch
+from relsnerf_ns.autoencoders.base import AutoencoderConfig, LatentAutoencoder
 from relsnerf_ns.autoencoders.weights import PretrainedWeightsError, load_state_dict_strictly, read_state_dict
 
 
@@ -133,19 +132,6 @@ class TinyAutoencoder(LatentAutoencoder):
                 state = read_state_dict(path, what, how)
                 state = {k: v.float() for k, v in state.items()}  # released weights are float16
                 load_state_dict_strictly(module, state, path, what)
-
-    def encode(self, images: Float[Tensor, "batch 3 height width"]) -> Float[Tensor, "batch n height/8 width/8"]:
-        check_image_batch(images, self.downscale)
-        return self.encoder(images)
-
-    def decode(self, latents: Float[Tensor, "batch n h w"]) -> Float[Tensor, "batch 3 h*8 w*8"]:
-        return self.decoder(latents)
-
-    def encoder_parameters(self) -> List[nn.Parameter]:
-        return list(self.encoder.parameters())
-
-    def decoder_parameters(self) -> List[nn.Parameter]:
-        return list(self.decoder.parameters())
 
 
 __all__ = ["PretrainedWeightsError", "TinyAutoencoder", "TinyAutoencoderConfig"]
