@@ -1,7 +1,7 @@
 """`make demo`: make a procedural scene, train relsnerf-r32 through phases A, B and C, render a video, evaluate.
 
 Uses the standard commands (ns-train, ns-render, ns-eval) exactly as a user would. The schedule and field sizes are
-small so the whole demo fits in ~10 minutes on 2 CPU cores; on a GPU it uses the GPU.
+small so the whole demo fits in about 6 minutes on 2 CPU cores (plus the first set-up); on a GPU it uses the GPU.
 
     python -m relsnerf_ns.demo [--output demo_output] [--steps A B C]
 """
@@ -52,7 +52,7 @@ def run(command: list, what: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, default=Path("demo_output"), help="folder for the scene and the run")
-    parser.add_argument("--steps", type=int, nargs=3, default=(60, 300, 60), metavar=("A", "B", "C"))
+    parser.add_argument("--steps", type=int, nargs=3, default=(40, 240, 40), metavar=("A", "B", "C"))
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     scene = args.output / "scene"
