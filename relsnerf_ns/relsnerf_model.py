@@ -18,7 +18,6 @@ from nerfstudio.data.scene_box import OrientedBox
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
 from nerfstudio.utils import colormaps
-from nerfstudio.viewer.viewer_elements import ViewerDropdown, ViewerText
 from torch import Tensor
 from torch.nn import Parameter
 
@@ -26,10 +25,17 @@ from relsnerf_ns.autoencoders import AutoencoderConfig, LatentAutoencoder, R32Au
 from relsnerf_ns.image_metrics import OfflineLPIPS, image_metrics
 from relsnerf_ns.latent_rays import latent_ray_bundle
 from relsnerf_ns.relsnerf_field import RelsNerfField, resolve_implementation
+from relsnerf_ns.viewer_controls import (
+    RENDER_DECODED,
+    RENDER_RGB_NERF,
+    TrainingCameraStart,
+    phase_text,
+    render_mode_dropdown,
+)
+
+__all__ = ["RENDER_DECODED", "RENDER_RGB_NERF", "RelsNerfModel", "RelsNerfModelConfig"]
 
 LATENT_DOWNSCALE = 8
-RENDER_DECODED = "decoded (latent map + decoder)"
-RENDER_RGB_NERF = "RGB-NeRF (one ray per pixel)"
 
 
 class CheckpointMismatchError(RuntimeError):
@@ -68,6 +74,8 @@ class RelsNerfModelConfig(NerfactoModelConfig):
     rgb_nerf_full_resolution: bool = False
     """get_outputs_for_camera renders `rgb_nerf` with one ray per pixel (slow, like nerfacto). When False it is the
     colour NeRF composited on the latent rays (1/8 resolution) and upsampled; evaluation always renders it in full."""
+    viewer_start_at_training_camera: bool = True
+    """Open each viewer client at the first training camera (viser's default pose often looks at empty space)."""
     camera_optimizer: CameraOptimizerConfig = field(default_factory=lambda: CameraOptimizerConfig(mode="off"))
     """Camera pose refinement; off as in the paper (held-out cameras are not aligned to refined poses)."""
 
@@ -119,13 +127,9 @@ class RelsNerfModel(NerfactoModel):
         self.offline_lpips = OfflineLPIPS()
         self.render_rgb_nerf_full_resolution = self.config.rgb_nerf_full_resolution
         # Viewer controls (nerfstudio's viewer collects ViewerElement attributes of the model).
-        self.viewer_phase = ViewerText("Training phase", "not training", disabled=True, hint="ReLS-NeRF fitting phase")
-        self.viewer_render_mode = ViewerDropdown(
-            "Main image",
-            RENDER_DECODED,
-            [RENDER_DECODED, RENDER_RGB_NERF],
-            hint="'rgb' shows the decoded latent render (fast) or the colour NeRF rendered per pixel (slow)",
-        )
+        self.viewer_phase = phase_text()
+        self.viewer_render_mode = render_mode_dropdown()
+        self.viewer_start_camera = TrainingCameraStart(enabled=self.config.viewer_start_at_training_camera)
 
     # ------------------------------------------------------------------ parameters
     def get_param_groups(self) -> Dict[str, List[Parameter]]:
@@ -189,35 +193,59 @@ class RelsNerfModel(NerfactoModel):
         return {k: torch.cat(v).view(rows, cols, -1) for k, v in pieces.items()}
 
     @torch.no_grad()
-    def get_outputs_for_camera(self, camera: Cameras, obb_box: Optional[OrientedBox] = None) -> Dict[str, Tensor]:
-        """Render the latent map at 1/8 resolution (padded up to a multiple of 8), decode it, crop to the camera.
-
-        Outputs (all [H, W, C]): rgb (decoded), rgb_nerf, depth, accumulation, latent (upsampled for display).
-        """
+    def render_latent_frame(
+        self, camera: Cameras, obb_box: Optional[OrientedBox] = None
+    ) -> Dict[str, Float[Tensor, "rows cols c"]]:
+        """One ray per 8x8 block of the camera's image (padded up to a multiple of 8): latent map, RGB-NeRF colour,
+        depth and accumulation at 1/8 resolution."""
         height, width = int(camera.height.flatten()[0]), int(camera.width.flatten()[0])
         rows, cols = math.ceil(height / LATENT_DOWNSCALE), math.ceil(width / LATENT_DOWNSCALE)
         camera = camera.to(self.device)
         bundle = latent_ray_bundle(camera.flatten()[:1], 0, 0, 0, rows, cols, LATENT_DOWNSCALE, obb_box=obb_box)
-        low = self._render_latent_bundle_chunked(bundle)
+        return self._render_latent_bundle_chunked(bundle)
+
+    @torch.no_grad()
+    def render_decoded_outputs(self, camera: Cameras, obb_box: Optional[OrientedBox] = None) -> Dict[str, Tensor]:
+        """The fast path: the latent frame decoded to the full-resolution `rgb`; the other outputs upsampled x8."""
+        height, width = int(camera.height.flatten()[0]), int(camera.width.flatten()[0])
+        low = self.render_latent_frame(camera, obb_box=obb_box)
         decoded = self.decode_latent_map(low["latent"]).clamp(0.0, 1.0)
         outputs = {"rgb": decoded.permute(1, 2, 0)[:height, :width]}
         for key in ("rgb_nerf", "depth", "accumulation", "latent"):
             outputs[key] = upsample_latent_grid(low[key], height, width)
-        outputs["latent_lowres"] = low["latent"]
+        return outputs
+
+    @torch.no_grad()
+    def render_rgb_nerf_outputs(self, camera: Cameras, obb_box: Optional[OrientedBox] = None) -> Dict[str, Tensor]:
+        """The colour NeRF with one ray per pixel (nerfacto's chunked path): rgb, depth, accumulation."""
+        full = super().get_outputs_for_camera(camera.to(self.device), obb_box=obb_box)
+        return {key: full[key] for key in ("rgb", "depth", "accumulation")}
+
+    @torch.no_grad()
+    def get_outputs_for_camera(self, camera: Cameras, obb_box: Optional[OrientedBox] = None) -> Dict[str, Tensor]:
+        """Render the latent map at 1/8 resolution, decode it, crop to the camera (any image size works).
+
+        Outputs (all [H, W, C], what the viewer's output dropdown and `ns-render --rendered-output-names` offer):
+        rgb (decoded, or the per-pixel RGB-NeRF when the viewer's switch says so), rgb_nerf, depth, accumulation and
+        latent (x8 upsampled; shown with a PCA colour map).
+        """
+        outputs = self.render_decoded_outputs(camera, obb_box=obb_box)
         show_rgb_nerf = self.viewer_render_mode.value == RENDER_RGB_NERF
         if self.render_rgb_nerf_full_resolution or show_rgb_nerf:
-            full = super().get_outputs_for_camera(camera, obb_box=obb_box)
-            outputs["rgb_nerf"] = full["rgb"]
-            outputs["depth"] = full["depth"]
-            outputs["accumulation"] = full["accumulation"]
+            full = self.render_rgb_nerf_outputs(camera, obb_box=obb_box)
+            outputs["rgb_nerf"], outputs["depth"], outputs["accumulation"] = (
+                full["rgb"],
+                full["depth"],
+                full["accumulation"],
+            )
         if show_rgb_nerf:
             outputs["rgb"] = outputs["rgb_nerf"]
         return outputs
 
     @torch.no_grad()
     def render_rgb_nerf(self, camera: Cameras) -> Float[Tensor, "H W 3"]:
-        """The colour NeRF with one ray per pixel (nerfacto's chunked path): phase C's distillation targets."""
-        return super().get_outputs_for_camera(camera)["rgb"]
+        """The colour NeRF with one ray per pixel: phase C's distillation targets."""
+        return self.render_rgb_nerf_outputs(camera)["rgb"]
 
     # ------------------------------------------------------------------ losses
     def get_depth_loss(

@@ -108,13 +108,15 @@ def test_outputs_for_camera_at_any_size(model, size):
     width, height = size
     model.eval()
     outputs = model.get_outputs_for_camera(camera(width=width, height=height))
+    low = model.render_latent_frame(camera(width=width, height=height))
     for key in ("rgb", "rgb_nerf", "depth", "accumulation", "latent"):
         assert outputs[key].shape[:2] == (height, width), key
     assert outputs["rgb"].shape[-1] == 3 and outputs["latent"].shape[-1] == 8
-    assert outputs["latent_lowres"].shape[:2] == ((height + 7) // 8, (width + 7) // 8)
+    assert low["latent"].shape[:2] == ((height + 7) // 8, (width + 7) // 8)
+    assert set(outputs) == {"rgb", "rgb_nerf", "depth", "accumulation", "latent"}
     assert 0 <= outputs["rgb"].min() and outputs["rgb"].max() <= 1
     # The decoded image is D(latent map), cropped.
-    expected = model.decode_latent_map(outputs["latent_lowres"]).clamp(0, 1).permute(1, 2, 0)[:height, :width]
+    expected = model.decode_latent_map(low["latent"]).clamp(0, 1).permute(1, 2, 0)[:height, :width]
     torch.testing.assert_close(outputs["rgb"], expected)
 
 
