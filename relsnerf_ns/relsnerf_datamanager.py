@@ -19,10 +19,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 
 from relsnerf_ns.latent_rays import latent_ray_bundle
-
-SPARSE_DEPTH_KEY = "sparse_depth"
-"""Dataparser metadata key: per training image a float tensor [K, 4] of (x, y, z-depth, weight) per sparse point,
-pixel coordinates at the dataparser's image resolution, depth along the camera axis in scene units."""
+from relsnerf_ns.metadata_keys import SPARSE_DEPTH_KEY
 
 
 @dataclass
@@ -106,8 +103,11 @@ class RelsNerfDataManager(VanillaDataManager):
 
     def _collect_sparse_depth(self) -> Optional[Tuple[Tensor, Tensor]]:
         """All sparse points as (camera index, x, y, depth, weight) rows, or None (depth loss off, said once)."""
-        per_image = self.train_dataparser_outputs.metadata.get(SPARSE_DEPTH_KEY)
+        metadata = self.train_dataparser_outputs.metadata
+        per_image = metadata.get(SPARSE_DEPTH_KEY)
         if per_image is None or self.config.depth_rays_per_batch <= 0:
+            if SPARSE_DEPTH_KEY in metadata and per_image is None:
+                return None  # the dataparser found none and has said why
             reason = "the dataparser gives no sparse depth" if per_image is None else "depth_rays_per_batch is 0"
             CONSOLE.print(f"[yellow]DS-NeRF depth loss off: {reason}.")
             return None
