@@ -37,11 +37,12 @@ def free_port() -> int:
 
 
 def wait_for(condition: Callable[[], Optional[T]], timeout: float, what: str, interval: float = 0.5) -> T:
-    """Poll `condition` until it returns something truthy; fail with `what` after `timeout` seconds."""
+    """Poll `condition` until it returns a result (not None, False or empty); fail with `what` after `timeout` s."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
-        if value:
+        empty = isinstance(value, (list, tuple, str, dict)) and len(value) == 0
+        if value is not None and value is not False and not empty:
             return value
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
