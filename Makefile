@@ -4,9 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo lint format clean
+.PHONY: setup system-packages test demo lint format clean
 
-setup: $(STAMP) ffmpeg
+setup: $(STAMP) system-packages
 
 # The CUDA build of torch from PyPI (it also runs on CPU); constraints.txt pins every transitive package.
 $(STAMP): pyproject.toml constraints.txt
@@ -15,12 +15,19 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-# ns-render writes videos with ffmpeg.
-ffmpeg:
-	@command -v ffmpeg >/dev/null 2>&1 || { \
-	  echo "installing ffmpeg (Debian package)"; \
+# Debian packages: ffmpeg (ns-render writes videos with it); chromium and its driver (the viewer tests open
+# ns-viewer's page in headless Chromium). Installed only when missing.
+system-packages:
+	@missing=""; \
+	command -v ffmpeg >/dev/null 2>&1 || missing="$$missing ffmpeg"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null 2>&1 || missing="$$missing chromium-driver"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq ffmpeg >/dev/null; }
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
 
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests
