@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.nn import Parameter
 
 from relsnerf_ns.autoencoders import AutoencoderConfig, LatentAutoencoder, R32AutoencoderConfig
+from relsnerf_ns.fast_render import LatentFrameRenderer
 from relsnerf_ns.image_metrics import OfflineLPIPS, image_metrics
 from relsnerf_ns.latent_rays import latent_ray_bundle
 from relsnerf_ns.relsnerf_field import RelsNerfField, resolve_implementation
@@ -74,6 +75,14 @@ class RelsNerfModelConfig(NerfactoModelConfig):
     rgb_nerf_full_resolution: bool = False
     """get_outputs_for_camera renders `rgb_nerf` with one ray per pixel (slow, like nerfacto). When False it is the
     colour NeRF composited on the latent rays (1/8 resolution) and upsampled; evaluation always renders it in full."""
+    inference_path: Literal["fast", "plain"] = "fast"
+    """How the decoded output is rendered for the viewer, ns-render and ns-eval. 'fast': one latent ray bundle per
+    frame, replayed as a CUDA graph per resolution on a GPU (torch implementation), decoder in half precision;
+    'plain': the same rays in float32 chunks, nerfacto-style."""
+    inference_cuda_graphs: bool = True
+    """With the fast path on a GPU: capture each resolution's frame as a CUDA graph (removes launch overhead)."""
+    inference_half_precision_decoder: bool = True
+    """With the fast path on a GPU: run the decoder under float16 autocast."""
     viewer_start_at_training_camera: bool = True
     """Open each viewer client at the first training camera (viser's default pose often looks at empty space)."""
     camera_optimizer: CameraOptimizerConfig = field(default_factory=lambda: CameraOptimizerConfig(mode="off"))
@@ -126,6 +135,12 @@ class RelsNerfModel(NerfactoModel):
         del self.lpips
         self.offline_lpips = OfflineLPIPS()
         self.render_rgb_nerf_full_resolution = self.config.rgb_nerf_full_resolution
+        # Not a submodule (it refers back to the model); holds the captured CUDA graphs of the fast path.
+        self.frame_renderer = LatentFrameRenderer(
+            self,
+            cuda_graphs=self.config.inference_cuda_graphs,
+            half_precision_decoder=self.config.inference_half_precision_decoder,
+        )
         # Viewer controls (nerfstudio's viewer collects ViewerElement attributes of the model).
         self.viewer_phase = phase_text()
         self.viewer_render_mode = render_mode_dropdown()
@@ -196,8 +211,8 @@ class RelsNerfModel(NerfactoModel):
     def render_latent_frame(
         self, camera: Cameras, obb_box: Optional[OrientedBox] = None
     ) -> Dict[str, Float[Tensor, "rows cols c"]]:
-        """One ray per 8x8 block of the camera's image (padded up to a multiple of 8): latent map, RGB-NeRF colour,
-        depth and accumulation at 1/8 resolution."""
+        """The plain path: one ray per 8x8 block of the camera's image (padded up to a multiple of 8), rendered in
+        float32 chunks: latent map, RGB-NeRF colour, depth and accumulation at 1/8 resolution."""
         height, width = int(camera.height.flatten()[0]), int(camera.width.flatten()[0])
         rows, cols = math.ceil(height / LATENT_DOWNSCALE), math.ceil(width / LATENT_DOWNSCALE)
         camera = camera.to(self.device)
@@ -206,10 +221,14 @@ class RelsNerfModel(NerfactoModel):
 
     @torch.no_grad()
     def render_decoded_outputs(self, camera: Cameras, obb_box: Optional[OrientedBox] = None) -> Dict[str, Tensor]:
-        """The fast path: the latent frame decoded to the full-resolution `rgb`; the other outputs upsampled x8."""
+        """The latent frame decoded to the full-resolution `rgb`; the other outputs upsampled x8."""
         height, width = int(camera.height.flatten()[0]), int(camera.width.flatten()[0])
-        low = self.render_latent_frame(camera, obb_box=obb_box)
-        decoded = self.decode_latent_map(low["latent"]).clamp(0.0, 1.0)
+        if self.config.inference_path == "fast":
+            frame = self.frame_renderer(camera, obb_box=obb_box)
+            low, decoded = frame.low, frame.decoded
+        else:
+            low = self.render_latent_frame(camera, obb_box=obb_box)
+            decoded = self.decode_latent_map(low["latent"]).clamp(0.0, 1.0)
         outputs = {"rgb": decoded.permute(1, 2, 0)[:height, :width]}
         for key in ("rgb_nerf", "depth", "accumulation", "latent"):
             outputs[key] = upsample_latent_grid(low[key], height, width)

@@ -1,0 +1,245 @@
+"""The inference path of the decoded output: one latent ray bundle per frame, replayed as a CUDA graph on a GPU.
+
+At 1/8 resolution a 1008x756 frame is 126x95 = 11,970 rays: no chunking is needed, and the GPU work per frame is a
+few milliseconds. Rendered eagerly, the time goes to launching the thousands of small kernels of the torch hash grids,
+proposal networks and samplers, and to the Python that issues them. So on CUDA the whole frame (proposal sampling,
+field, compositing, decoder) is captured once per resolution as a CUDA graph and replayed; each frame then costs one
+ray generation, a copy into the graph's input buffers and one replay. The decoder runs in half precision where that
+is enabled (its output is an 8-bit image in the end).
+
+The plain path (`RelsNerfModelConfig.inference_path = "plain"`) renders the same rays in float32 chunks, as nerfacto
+does; tests compare the two.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Dict, Optional, Tuple
+
+import torch
+from jaxtyping import Float
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.cameras.rays import RayBundle
+from nerfstudio.data.scene_box import OrientedBox
+from nerfstudio.field_components.field_heads import FieldHeadNames
+from nerfstudio.utils.rich_utils import CONSOLE
+from torch import Tensor
+
+from relsnerf_ns.latent_rays import latent_ray_bundle
+
+if TYPE_CHECKING:
+    from relsnerf_ns.relsnerf_model import RelsNerfModel
+
+LOW_RES_KEYS = ("latent", "rgb_nerf", "depth", "accumulation")
+RAY_KEYS = ("origins", "directions", "pixel_area", "camera_indices", "nears", "fars", "directions_norm")
+
+
+@dataclass
+class LatentFrame:
+    """One frame of the decoded path: the 1/8-resolution maps and the decoded image (padded to whole blocks)."""
+
+    low: Dict[str, Float[Tensor, "rows cols c"]]
+    """latent, rgb_nerf, depth, accumulation at one ray per 8x8 block."""
+    decoded: Float[Tensor, "3 H8 W8"]
+    """D(latent map) in [0, 1], 8 * rows by 8 * cols."""
+
+
+@dataclass
+class _CapturedFrame:
+    graph: "torch.cuda.CUDAGraph"
+    inputs: Dict[str, Tensor]
+    outputs: Dict[str, Tensor]
+
+
+class LatentFrameRenderer:
+    """Renders and decodes whole latent frames for inference (viewer, ns-render, ns-eval).
+
+    Args:
+        model: the ReLS-NeRF model (its proposal sampler, field, renderers and autoencoder are used as they are).
+        cuda_graphs: capture each resolution as a CUDA graph (CUDA and the torch implementation only).
+        half_precision_decoder: run the decoder under float16 autocast on CUDA.
+        max_cached_graphs: how many resolutions keep a graph (the viewer changes resolution while moving).
+    """
+
+    def __init__(
+        self,
+        model: "RelsNerfModel",
+        cuda_graphs: bool = True,
+        half_precision_decoder: bool = True,
+        max_cached_graphs: int = 4,
+    ) -> None:
+        self.model = model
+        self.cuda_graphs = cuda_graphs
+        self.half_precision_decoder = half_precision_decoder
+        self.max_cached_graphs = max_cached_graphs
+        self._graphs: "OrderedDict[Tuple, _CapturedFrame]" = OrderedDict()
+        self._seen: Dict[Tuple, int] = {}
+        self._graphs_failed = False
+
+    # ------------------------------------------------------------------ stages
+    def latent_rays(self, camera: Cameras, obb_box: Optional[OrientedBox] = None) -> RayBundle:
+        """One ray per 8x8 block (the image padded up to whole blocks), near/far set as the model's collider does."""
+        model = self.model
+        height, width = int(camera.height.flatten()[0]), int(camera.width.flatten()[0])
+        rows, cols = -(-height // 8), -(-width // 8)
+        camera = camera.to(model.device)
+        bundle = latent_ray_bundle(camera.flatten()[:1], 0, 0, 0, rows, cols, 8, obb_box=obb_box)
+        if bundle.nears is None and model.collider is not None:
+            bundle = model.collider(bundle)
+        return bundle
+
+    def decode(self, latent: Float[Tensor, "rows cols n"]) -> Float[Tensor, "3 H8 W8"]:
+        autocast = (
+            torch.autocast("cuda", dtype=torch.float16)
+            if self.half_precision_decoder and latent.is_cuda
+            else contextlib.nullcontext()
+        )
+        with autocast:
+            decoded = self.model.decode_latent_map(latent)
+        return decoded.float().clamp(0.0, 1.0)
+
+    def _frame(self, rays: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """Sampling, field, compositing and decoding of a [rows, cols] bundle given as plain tensors."""
+        rows, cols = rays["origins"].shape[:2]
+        bundle = RayBundle(
+            origins=rays["origins"].reshape(-1, 3),
+            directions=rays["directions"].reshape(-1, 3),
+            pixel_area=rays["pixel_area"].reshape(-1, 1),
+            camera_indices=rays["camera_indices"].reshape(-1, 1),
+            nears=rays["nears"].reshape(-1, 1),
+            fars=rays["fars"].reshape(-1, 1),
+            metadata={"directions_norm": rays["directions_norm"].reshape(-1, 1)},
+        )
+        low = self.model.render_latents(bundle, with_colour=True)
+        outputs = {key: low[key].reshape(rows, cols, -1) for key in LOW_RES_KEYS}
+        outputs["decoded"] = self.decode(outputs["latent"])
+        return outputs
+
+    # ------------------------------------------------------------------ frames
+    @torch.no_grad()
+    def __call__(self, camera: Cameras, obb_box: Optional[OrientedBox] = None) -> LatentFrame:
+        bundle = self.latent_rays(camera, obb_box)
+        rays = _bundle_tensors(bundle)
+        if self._use_graphs(rays):
+            outputs = self._replay(rays)
+        else:
+            outputs = self._frame(rays)
+        return LatentFrame(low={key: outputs[key] for key in LOW_RES_KEYS}, decoded=outputs["decoded"])
+
+    def _use_graphs(self, rays: Dict[str, Tensor]) -> bool:
+        model = self.model
+        return (
+            self.cuda_graphs
+            and not self._graphs_failed
+            and rays["origins"].is_cuda
+            and not model.training
+            # tinycudann launches on its own streams; its kernels are not captured reliably.
+            and model.config.implementation == "torch"
+        )
+
+    def _replay(self, rays: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        # The proposal sampler's annealing exponent is a Python float baked into a capture: part of the key.
+        key = (tuple(rays["origins"].shape), str(rays["origins"].device), float(self.model.proposal_sampler._anneal))
+        captured = self._graphs.get(key)
+        if captured is None:
+            # Capture a resolution the second time it is asked for: the viewer passes through many resolutions
+            # while the camera moves, and a capture costs a few eager frames.
+            self._seen[key] = self._seen.get(key, 0) + 1
+            if self._seen[key] < 2:
+                return self._frame(rays)
+            try:
+                captured = self._capture(rays)
+            except RuntimeError as error:  # an op that cannot be captured: render eagerly from now on
+                self._graphs_failed = True
+                CONSOLE.print(f"[yellow]CUDA graph capture failed ({error}); rendering without graphs.")
+                return self._frame(rays)
+            self._graphs[key] = captured
+            while len(self._graphs) > self.max_cached_graphs:
+                self._graphs.popitem(last=False)
+        else:
+            self._graphs.move_to_end(key)
+        for name, value in rays.items():
+            captured.inputs[name].copy_(value)
+        captured.graph.replay()
+        # The graph's outputs are overwritten by the next replay: hand out copies.
+        return {name: value.clone() for name, value in captured.outputs.items()}
+
+    def _capture(self, rays: Dict[str, Tensor]) -> _CapturedFrame:
+        device = rays["origins"].device
+        inputs = {name: value.clone() for name, value in rays.items()}
+        # Factory calls without a device inside nerfstudio's samplers (torch.linspace(...).to(device)) would copy
+        # from host memory during capture, which CUDA forbids: make them allocate on the GPU instead.
+        with torch.device(device):
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                for _ in range(2):  # warm-up: cuDNN/cuBLAS choose their kernels outside the capture
+                    self._frame(inputs)
+            torch.cuda.current_stream(device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                outputs = self._frame(inputs)
+        return _CapturedFrame(graph=graph, inputs=inputs, outputs=outputs)
+
+    def clear(self) -> None:
+        """Drop the captured graphs (and their memory)."""
+        self._graphs.clear()
+        self._seen.clear()
+
+    @property
+    def num_captured(self) -> int:
+        return len(self._graphs)
+
+
+def _bundle_tensors(bundle: RayBundle) -> Dict[str, Tensor]:
+    norm = (bundle.metadata or {}).get("directions_norm")
+    if norm is None:
+        norm = torch.ones_like(bundle.origins[..., :1])
+    return {
+        "origins": bundle.origins,
+        "directions": bundle.directions,
+        "pixel_area": bundle.pixel_area,
+        "camera_indices": bundle.camera_indices,
+        "nears": bundle.nears,
+        "fars": bundle.fars,
+        "directions_norm": norm,
+    }
+
+
+def stage_times(
+    renderer: LatentFrameRenderer, camera: Cameras, timer: Callable[[Callable[[], object]], float]
+) -> Dict[str, float]:
+    """Seconds per stage of one eager frame: ray generation, proposal sampling, field, compositing, decoding.
+
+    `timer(fn)` returns the device-synchronised seconds of `fn()` (e.g. a median over repeats). Stages are timed
+    separately, so the sum is a little above the time of a frame rendered in one go.
+    """
+    model = renderer.model
+    times: Dict[str, float] = {}
+    with torch.no_grad():
+        times["ray_generation"] = timer(lambda: renderer.latent_rays(camera))
+        bundle = renderer.latent_rays(camera).flatten()
+        times["proposal_sampling"] = timer(lambda: model.proposal_sampler(bundle, density_fns=model.density_fns))
+        samples, _, _ = model.proposal_sampler(bundle, density_fns=model.density_fns)
+
+        def field():
+            return model.field.forward(samples), model.field.get_latent(samples)
+
+        times["field"] = timer(field)
+        field_outputs, z = field()
+
+        def composite():
+            weights = samples.get_weights(field_outputs[FieldHeadNames.DENSITY])
+            return (
+                torch.sum(weights * z, dim=-2),
+                model.renderer_rgb(rgb=field_outputs[FieldHeadNames.RGB], weights=weights),
+                model.renderer_depth(weights=weights, ray_samples=samples),
+                model.renderer_accumulation(weights=weights),
+            )
+
+        times["compositing"] = timer(composite)
+        latent = composite()[0].reshape(*renderer.latent_rays(camera).shape, -1)
+        times["decoding"] = timer(lambda: renderer.decode(latent))
+    return times

@@ -1,0 +1,82 @@
+"""The fast inference path of the decoded output against the plain (chunked, float32) path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from relsnerf_ns.fast_render import stage_times
+
+from .test_model import camera, model  # noqa: F401  (fixture)
+
+OUTPUTS = ("rgb", "rgb_nerf", "depth", "accumulation", "latent")
+
+
+def outputs_of(model, path, cam):  # noqa: F811
+    model.config.inference_path = path
+    return model.get_outputs_for_camera(cam)
+
+
+@pytest.mark.parametrize("size", [(64, 48), (61, 45), (13, 9)])
+def test_fast_and_plain_paths_give_the_same_images(model, size):  # noqa: F811
+    model.eval()
+    model.config.eval_num_rays_per_chunk = 7  # the plain path renders many chunks, the fast one a single bundle
+    cam = camera(width=size[0], height=size[1])
+    fast, plain = outputs_of(model, "fast", cam), outputs_of(model, "plain", cam)
+    assert set(fast) == set(plain) == set(OUTPUTS)
+    for key in OUTPUTS:
+        assert fast[key].shape == plain[key].shape == (size[1], size[0], fast[key].shape[-1])
+        # Stated tolerance on CPU (both float32): 1e-5. On a GPU the fast path's float16 decoder differs by up to
+        # ~1e-2 per pixel; the benchmark checks that held-out PSNR moves by less than 0.05 dB.
+        torch.testing.assert_close(fast[key], plain[key], rtol=1e-5, atol=1e-5, msg=key)
+    assert fast["rgb"].std() > 0
+
+
+def test_fast_path_is_the_default_for_inference(model, monkeypatch):  # noqa: F811
+    from relsnerf_ns.relsnerf_config import relsnerf, relsnerf_r32, relsnerf_tiny
+
+    for spec in (relsnerf, relsnerf_r32, relsnerf_tiny):
+        assert spec.config.pipeline.model.inference_path == "fast"
+    calls = []
+    original = model.frame_renderer.__class__.__call__
+
+    def spy(self, *args, **kwargs):
+        calls.append(args)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(model.frame_renderer.__class__, "__call__", spy)
+    model.eval()
+    model.get_outputs_for_camera(camera(width=24, height=16))
+    assert len(calls) == 1
+
+
+def test_stage_times_cover_each_stage(model):  # noqa: F811
+    model.eval()
+    calls = []
+
+    def timer(fn):
+        calls.append(fn)
+        fn()
+        return 0.001 * len(calls)
+
+    times = stage_times(model.frame_renderer, camera(width=32, height=24), timer)
+    assert list(times) == ["ray_generation", "proposal_sampling", "field", "compositing", "decoding"]
+    assert all(t > 0 for t in times.values())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (run on the GPU box)")
+def test_cuda_graph_replay_matches_eager_rendering(model):  # noqa: F811
+    model.to("cuda").eval()
+    renderer = model.frame_renderer
+    cam = camera(width=61, height=45)
+    renderer.cuda_graphs, renderer.half_precision_decoder = False, False
+    eager = renderer(cam)
+    renderer.cuda_graphs = True
+    renderer(cam)  # first sighting of this resolution: eager
+    replayed = renderer(cam)  # second: captured and replayed
+    assert renderer.num_captured == 1
+    again = renderer(camera(width=61, height=45))
+    for key in eager.low:
+        torch.testing.assert_close(replayed.low[key], eager.low[key], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(again.low[key], eager.low[key], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(replayed.decoded, eager.decoded, rtol=1e-4, atol=1e-4)
