@@ -31,6 +31,9 @@ class Phase(str, Enum):
 # The paper's iteration counts (appendix B) and our short preset, per autoencoder family.
 PAPER_STEPS: Dict[str, Tuple[int, int, int]] = {"sd": (500, 20000, 3000), "r32": (3000, 20000, 10000)}
 SHORT_STEPS: Dict[str, Tuple[int, int, int]] = {"sd": (100, 3000, 500), "r32": (300, 3000, 1000)}
+# Phase C's RGB-NeRF renders at interpolated cameras (paper: 512). Each is a full-resolution per-pixel render (about
+# 2 s at 1008x756 on an H100), so the short preset makes 64.
+DISTILL_RENDERS: Dict[str, int] = {"paper": 512, "short": 64}
 
 
 @dataclass
@@ -88,6 +91,10 @@ class PhaseScheduleConfig:
 
     def length_of(self, phase: Phase) -> int:
         return self.steps()[phase.index]
+
+    def distill_renders(self) -> int:
+        """The preset's number of phase-C renders."""
+        return DISTILL_RENDERS[self.preset]
 
     def paper_length_of(self, phase: Phase) -> int:
         """The paper's length of a phase: the reference that learning-rate periods are given for."""

@@ -48,8 +48,9 @@ class RelsNerfPipelineConfig(VanillaPipelineConfig):
     """Step counts of phases A, B and C, presets and ablation switches."""
     distill_real_weight: float = 0.7
     """gamma of eq. 4: weight of real images in phase C (1 - gamma goes to RGB-NeRF renders)."""
-    num_distill_renders: int = 512
-    """RGB-NeRF renders at interpolated cameras made at the start of phase C (paper: 512)."""
+    num_distill_renders: Optional[int] = None
+    """RGB-NeRF renders at interpolated cameras made at the start of phase C; None takes the preset's (paper: 512,
+    short: 64)."""
     distill_renders_per_step: int = 2
     """Renders per phase-C step, next to one real image (paper: 2)."""
     distill_render_seed: int = 0
@@ -157,13 +158,18 @@ class RelsNerfPipeline(VanillaPipeline):
         metrics = {"distill_real_psnr": -10.0 * torch.log10(real_mse.detach().clamp_min(1e-10))}
         return {}, loss_dict, metrics
 
+    @property
+    def num_distill_renders(self) -> int:
+        count = self.config.num_distill_renders
+        return self.schedule.distill_renders() if count is None else count
+
     def ensure_distill_renders(self) -> DistillRenders:
         """Make (or reload) the phase-C renders once, at the first phase-C step of this process."""
         if self.distill_renders is None:
             model = self.relsnerf_model
             renders = DistillRenders(
                 self.datamanager.train_dataset.cameras,
-                self.config.num_distill_renders,
+                self.num_distill_renders,
                 self.config.distill_render_seed,
                 self.config.distill_render_dir,
             )
