@@ -26,6 +26,7 @@ from nerfstudio.data.scene_box import OrientedBox
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
+from torch.overrides import TorchFunctionMode
 
 from relsnerf_ns.latent_rays import latent_ray_bundle
 
@@ -168,10 +169,12 @@ class LatentFrameRenderer:
 
     def _capture(self, rays: Dict[str, Tensor]) -> _CapturedFrame:
         device = rays["origins"].device
+        _move_plain_tensors(self.model, device)
         inputs = {name: value.clone() for name, value in rays.items()}
         # Factory calls without a device inside nerfstudio's samplers (torch.linspace(...).to(device)) would copy
-        # from host memory during capture, which CUDA forbids: make them allocate on the GPU instead.
-        with torch.device(device):
+        # from host memory during capture, which CUDA forbids: make them allocate on the GPU instead, and serve
+        # constant tensors built from Python data (the hash primes of the torch hash grid) from a device cache.
+        with torch.device(device), _DeviceConstants(device):
             side = torch.cuda.Stream(device)
             side.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(side):
@@ -191,6 +194,42 @@ class LatentFrameRenderer:
     @property
     def num_captured(self) -> int:
         return len(self._graphs)
+
+
+class _DeviceConstants(TorchFunctionMode):
+    """During warm-up and capture: `torch.tensor(python_data)` returns one cached device tensor per value.
+
+    `torch.tensor([...], device="cuda")` builds the tensor on the host and copies it, which cannot be captured;
+    nerfstudio's torch hash grid does that on every call. The warm-up (not captured) fills the cache, the capture
+    then reads the cached tensor. Only used around the model's own render path, which does not modify such constants.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        super().__init__()
+        self.device = device
+        self.cache: Dict[Tuple, Tensor] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.tensor and args and isinstance(args[0], (list, tuple, int, float, bool)):
+            key = (repr(args[0]), kwargs.get("dtype"))
+            if key not in self.cache:
+                self.cache[key] = func(*args, **{**kwargs, "device": self.device})
+            return self.cache[key]
+        return func(*args, **kwargs)
+
+
+def _move_plain_tensors(model: torch.nn.Module, device: torch.device) -> None:
+    """Move tensors that modules keep as plain attributes (not buffers) to the device.
+
+    nerfstudio's torch HashEncoding keeps `scalings` and `hash_offset` as plain CPU tensors and copies them to the
+    GPU on every call (`.to(x.device)`); a copy from pageable host memory cannot be captured in a CUDA graph. Once
+    they live on the device those copies are no-ops (and still correct if the model later moves elsewhere).
+    """
+    for module in model.modules():
+        for name, value in list(vars(module).items()):
+            if isinstance(value, Tensor) and value.device != device:
+                setattr(module, name, value.to(device))
 
 
 def _bundle_tensors(bundle: RayBundle) -> Dict[str, Tensor]:

@@ -1,0 +1,269 @@
+"""Measuring one trained model: held-out quality, RCC on the spiral video, and full-resolution render times.
+
+Outputs and how each is rendered (one camera at a time, outputs kept on the device, no autocast added):
+
+- nerfacto `"rgb"`: `model.get_outputs_for_camera` (one ray per pixel);
+- ReLS-NeRF `"decoded"`: `model.get_outputs_for_camera`, the path the viewer and ns-render use (the latent map at 1/8
+  resolution, decoded; its other outputs upsampled), with the per-pixel colour NeRF switched off; it renders as the
+  model's `inference_path` says (by default on a GPU: CUDA graphs and a float16 decoder, see `fast_render.py`);
+- ReLS-NeRF `"rgb_nerf"`: `model.render_rgb_nerf_outputs`, its colour NeRF with one ray per pixel (nerfacto's path,
+  without the latent component, as the paper times it).
+
+RCC (`rcc.py`) reprojects each frame with a depth map. By default (`depth="full"`) every model uses the per-pixel
+NeRF depth (nerfacto's `"depth"`, the median termination distance, and the same output of ReLS-NeRF's colour NeRF,
+which shares its density with the latent field): the decoded frames of ReLS-NeRF are reprojected with that depth, so
+both of its outputs are compared on the same geometry and the decoder's inconsistencies are what RCC sees.
+`depth="latent"` uses the decoded path's own depth instead (rendered at 1/8 resolution and upsampled; coarse at
+edges) and skips the per-pixel render, so the `"rgb_nerf"` RCC is not computed.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Callable, Dict, List, Literal, Optional, Tuple
+
+import numpy as np
+import torch
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.pipelines.base_pipeline import Pipeline
+from nerfstudio.utils.rich_utils import CONSOLE
+from PIL import Image
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import Tensor
+
+from relsnerf_ns.benchmark_models import ModelSpec
+from relsnerf_ns.benchmark_spiral import SpiralPath, llff_spiral
+from relsnerf_ns.image_metrics import OfflineLPIPS, image_metrics
+from relsnerf_ns.rcc import RCCAccumulator
+from relsnerf_ns.render_timing import synchronize, timed
+
+RCCDepth = Literal["full", "latent"]
+Render = Callable[[Cameras], Dict[str, Tensor]]
+
+
+def progress_bar(transient: bool = True) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=CONSOLE,
+        transient=transient,
+    )
+
+
+def output_renderers(pipeline: Pipeline, model_spec: ModelSpec) -> Dict[str, Render]:
+    """Output name -> function rendering it for one camera (see the module docstring)."""
+    model = pipeline.model
+    if model_spec.kind == "nerfacto":
+        return {"rgb": model.get_outputs_for_camera}
+    from relsnerf_ns.viewer_controls import RENDER_DECODED
+
+    # The decoded path exactly as the viewer's default: no per-pixel colour NeRF next to it.
+    model.render_rgb_nerf_full_resolution = False
+    if model.viewer_render_mode.value != RENDER_DECODED:
+        model.viewer_render_mode.value = RENDER_DECODED
+    return {"decoded": model.get_outputs_for_camera, "rgb_nerf": model.render_rgb_nerf_outputs}
+
+
+def warmup_renders(output: str) -> int:
+    """Untimed renders before timing an output: the decoded path's fast renderer captures a resolution's CUDA graph
+    the second time it sees it, so it needs two (three to be safe); the per-pixel paths need one."""
+    return 3 if output == "decoded" else 1
+
+
+def spiral_for(pipeline: Pipeline, frames: int, focus_depth: Optional[float] = None, rotations: int = 2) -> SpiralPath:
+    """The LLFF spiral of this run's training cameras at its evaluation images' resolution and intrinsics."""
+    datamanager = pipeline.datamanager
+    reference = datamanager.eval_dataset.cameras[0:1] if len(datamanager.eval_dataset) else None
+    train_cameras = datamanager.train_dataset.cameras
+    outputs = getattr(datamanager, "train_dataparser_outputs", None)
+    points = None if outputs is None else outputs.metadata.get("points3D_xyz")
+    return llff_spiral(
+        train_cameras,
+        reference if reference is not None else train_cameras[0:1],
+        frames,
+        points=points if isinstance(points, Tensor) else None,
+        focus_depth=focus_depth,
+        rotations=rotations,
+    )
+
+
+# ---------------------------------------------------------------------- held-out views
+@torch.no_grad()
+def held_out_quality(
+    pipeline: Pipeline,
+    model_spec: ModelSpec,
+    device: str,
+    lpips: OfflineLPIPS,
+    save_images: int = 1,
+    save_prefix: Optional[str] = None,
+) -> Dict[str, object]:
+    """Mean PSNR / SSIM / LPIPS per output over the evaluation split, with the per-frame render times of this pass.
+
+    The first view is rendered untimed first (`warmup_renders`: first-call costs are not render time).
+    `save_images` views are written as `<save_prefix>_<index>.png`: ground truth, then each output, side by side.
+    """
+    model = pipeline.model
+    renders = output_renderers(pipeline, model_spec)
+    loader = pipeline.datamanager.fixed_indices_eval_dataloader
+    metrics: Dict[str, List[Dict[str, float]]] = {output: [] for output in renders}
+    seconds: Dict[str, List[float]] = {output: [] for output in renders}
+    resolution: Tuple[int, int] = (0, 0)
+    with progress_bar() as progress:
+        task = progress.add_task(f"{model_spec.name}: held-out views", total=len(loader))
+        for index, (camera, batch) in enumerate(loader):
+            camera = camera.to(device)
+            if index == 0:
+                for output, render in renders.items():
+                    for _ in range(warmup_renders(output)):
+                        render(camera)
+            resolution = (int(camera.width.flatten()[0]), int(camera.height.flatten()[0]))
+            image = batch["image"].to(device)[..., :3]
+            if hasattr(model, "renderer_rgb"):
+                image = model.renderer_rgb.blend_background(image)
+            rendered = {}
+            for output, render in renders.items():
+                outputs, elapsed = timed(lambda: render(camera), device)
+                rendered[output] = outputs["rgb"]
+                seconds[output].append(elapsed)
+                metrics[output].append(image_metrics(image, outputs["rgb"], lpips))
+            if save_prefix is not None and index < save_images:
+                row = torch.cat([image.float()] + [rendered[o].to(image).float() for o in renders], dim=1)
+                array = (row.clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+                Image.fromarray(array).save(f"{save_prefix}_{index:03d}.png")
+            progress.advance(task)
+    if not any(metrics.values()):
+        raise ValueError("the evaluation split has no images; nothing to evaluate")
+    quality = {
+        output: {key: float(np.mean([m[key] for m in frames])) for key in frames[0]}
+        for output, frames in metrics.items()
+    }
+    timing = {
+        output: {"ms_per_frame": 1000.0 * statistics.median(values), "num_frames_timed": len(values)}
+        for output, values in seconds.items()
+    }
+    return {"quality": quality, "timing": timing, "num_eval_images": len(loader), "resolution": list(resolution)}
+
+
+# ---------------------------------------------------------------------- RCC on the spiral
+@torch.no_grad()
+def spiral_rcc(
+    pipeline: Pipeline,
+    model_spec: ModelSpec,
+    spiral: SpiralPath,
+    device: str,
+    depth: RCCDepth = "full",
+    min_accumulation: Optional[float] = None,
+) -> Dict[str, Dict[str, object]]:
+    """RCC (dB and per-pair details) of each output over the spiral video (see the module docstring for depth);
+    `rcc_db` is None, with an `error`, when no pair of frames has a pixel to compare."""
+    renders = output_renderers(pipeline, model_spec)
+    if model_spec.kind == "nerfacto":
+        outputs_measured = ["rgb"]
+    else:
+        outputs_measured = ["decoded", "rgb_nerf"] if depth == "full" else ["decoded"]
+    accumulators = {output: RCCAccumulator(depth_kind="ray") for output in outputs_measured}
+    cameras = spiral.cameras
+    with progress_bar() as progress:
+        task = progress.add_task(f"{model_spec.name}: spiral video for RCC", total=len(cameras))
+        for index in range(len(cameras)):
+            camera = cameras[index : index + 1].to(device)
+            frames: Dict[str, Tuple[Tensor, Tensor, Tensor]] = {}
+            if model_spec.kind == "nerfacto":
+                out = renders["rgb"](camera)
+                frames["rgb"] = (out["rgb"], out["depth"], out["accumulation"])
+            else:
+                decoded = renders["decoded"](camera)
+                if depth == "full":
+                    full = renders["rgb_nerf"](camera)
+                    frames["decoded"] = (decoded["rgb"], full["depth"], full["accumulation"])
+                    frames["rgb_nerf"] = (full["rgb"], full["depth"], full["accumulation"])
+                else:
+                    frames["decoded"] = (decoded["rgb"], decoded["depth"], decoded["accumulation"])
+            for output, (rgb, depth_map, accumulation) in frames.items():
+                mask = None if min_accumulation is None else accumulation[..., 0] > min_accumulation
+                accumulators[output].add(rgb, depth_map, camera, mask=mask)
+            progress.advance(task)
+    results: Dict[str, Dict[str, object]] = {}
+    for output, accumulator in accumulators.items():
+        try:
+            results[output] = accumulator.result().to_dict()
+        except ValueError as error:  # no pair with a valid pixel (e.g. an untrained model): no RCC, say why
+            CONSOLE.print(f"[yellow]{model_spec.name} {output}: no RCC: {error}")
+            results[output] = {"rcc_db": None, "error": str(error)}
+    return results
+
+
+# ---------------------------------------------------------------------- render timing
+@torch.no_grad()
+def median_render_ms(render: Callable[[Cameras], object], cameras: List[Cameras], device: str, warmup: int) -> float:
+    """Median ms per frame over `cameras` (one timed render each, device-synchronised) after `warmup` renders."""
+    for index in range(warmup):
+        render(cameras[index % len(cameras)])
+    synchronize(device)
+    return 1000.0 * statistics.median(timed(lambda: render(camera), device)[1] for camera in cameras)
+
+
+@torch.no_grad()
+def time_model(
+    pipeline: Pipeline, model_spec: ModelSpec, cameras: List[Cameras], device: str, warmup: int
+) -> Dict[str, object]:
+    """Full-resolution render time of each output on the given cameras, with a latent-render / decode breakdown of
+    the decoded path and the peak GPU memory of the renders."""
+    model = pipeline.model
+    renders = output_renderers(pipeline, model_spec)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    width, height = int(cameras[0].width.flatten()[0]), int(cameras[0].height.flatten()[0])
+    timing: Dict[str, Dict[str, object]] = {}
+    for output, render in renders.items():
+        CONSOLE.print(f"  timing {model_spec.name} {output} at {width}x{height} ({len(cameras)} frames)")
+        ms = median_render_ms(render, cameras, device, max(warmup, warmup_renders(output)))
+        timing[output] = {"ms_per_frame": ms, "resolution": [width, height], "num_frames_timed": len(cameras)}
+    if model_spec.kind == "relsnerf":
+        timing["decoded"]["breakdown_ms"] = decoded_breakdown_ms(model, cameras, device)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
+    return {"timing": timing, "peak_gpu_memory_mb_render": peak, "inference": inference_details(model, device)}
+
+
+def inference_details(model, device: str) -> Dict[str, object]:
+    """How ReLS-NeRF's decoded path rendered when it was timed (its `inference_path` settings and whether CUDA graphs
+    were in use); empty for nerfacto."""
+    config = model.config
+    if not hasattr(config, "inference_path"):
+        return {}
+    details: Dict[str, object] = {"inference_path": config.inference_path}
+    renderer = getattr(model, "frame_renderer", None)
+    on_gpu = device.startswith("cuda")
+    if config.inference_path == "fast" and renderer is not None:
+        details["cuda_graphs"] = bool(on_gpu and getattr(renderer, "num_captured", 0) > 0)
+        details["half_precision_decoder"] = bool(on_gpu and getattr(config, "inference_half_precision_decoder", False))
+    return details
+
+
+@torch.no_grad()
+def decoded_breakdown_ms(model, cameras: List[Cameras], device: str) -> Dict[str, float]:
+    """Median ms per stage of the decoded path over the cameras, each stage timed on its own in an eager frame.
+
+    Uses the fast renderer's `stage_times` (ray generation, proposal sampling, field, compositing, decoding) when the
+    model has one, else the plain path's two stages (latent render, decode). Stages timed apart add up to a little
+    more than a frame rendered in one go, and a frame replayed as a CUDA graph takes less than their sum.
+    """
+    renderer = getattr(model, "frame_renderer", None)
+    stages: Dict[str, List[float]] = {}
+    try:
+        from relsnerf_ns.fast_render import stage_times
+    except ImportError:
+        stage_times = None  # type: ignore[assignment]
+    for camera in cameras:
+        if renderer is not None and stage_times is not None:
+            seconds = stage_times(renderer, camera, lambda function: timed(function, device)[1])
+        else:
+            low, latent_seconds = timed(lambda: model.render_latent_frame(camera), device)
+            _, decode_seconds = timed(lambda: model.decode_latent_map(low["latent"]).clamp(0.0, 1.0), device)
+            seconds = {"latent_render": latent_seconds, "decode": decode_seconds}
+        for stage, value in seconds.items():
+            stages.setdefault(stage, []).append(value)
+    return {stage: 1000.0 * statistics.median(values) for stage, values in stages.items()}
