@@ -42,7 +42,10 @@ def settled_canvas(driver, timeout: float = 240.0) -> np.ndarray:
 
     def stable():
         nonlocal previous
-        current = browser.canvas_pixels(driver)
+        try:
+            current = browser.canvas_pixels(driver)
+        except AssertionError:  # the page is still building its canvas
+            return None
         done = (
             previous is not None
             and previous.shape == current.shape  # the layout has settled (the control panel is in place)
