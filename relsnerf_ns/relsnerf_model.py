@@ -23,6 +23,7 @@ from torch.nn import Parameter
 
 from relsnerf_ns.autoencoders import AutoencoderConfig, LatentAutoencoder, R32AutoencoderConfig
 from relsnerf_ns.fast_render import LatentFrameRenderer
+from relsnerf_ns.hash_grid_kernel import use_fused_hash_grids
 from relsnerf_ns.image_metrics import OfflineLPIPS, image_metrics
 from relsnerf_ns.latent_rays import latent_ray_bundle
 from relsnerf_ns.relsnerf_field import RelsNerfField, resolve_implementation
@@ -52,6 +53,10 @@ class RelsNerfModelConfig(NerfactoModelConfig):
     """The autoencoder whose latent space the NeRF renders (its decoder D turns latent maps into images)."""
     implementation: Literal["tcnn", "torch", "auto"] = "auto"
     """Hash grids and MLPs: 'tcnn' (tinycudann), 'torch', or 'auto' (tcnn when installed and on a GPU)."""
+    hash_grid_kernel: Literal["fused", "torch"] = "fused"
+    """With the torch implementation on a GPU: 'fused' computes each hash-grid lookup (and its gradient) in one Triton
+    kernel, the same arithmetic as nerfstudio's ~60 separate tensor operations, several times faster in training and
+    rendering; 'torch' keeps nerfstudio's lookup. No effect with tinycudann or on the CPU."""
     distortion_loss_mult: float = 5e-4
     """lambda_gr: weight of the distortion loss (paper: 1e-3 / 2)."""
     depth_loss_mult: float = 0.1
@@ -131,6 +136,8 @@ class RelsNerfModel(NerfactoModel):
         )
         with _nerfacto_construction(latent_field):
             super().populate_modules()
+        if self.config.implementation == "torch" and self.config.hash_grid_kernel == "fused":
+            use_fused_hash_grids(self)
         # Not a submodule: its frozen backbone must stay out of checkpoints.
         del self.lpips
         self.offline_lpips = OfflineLPIPS()
