@@ -182,7 +182,8 @@ def _print_lookups(rows: List[Dict[str, object]]) -> None:
         print(
             f"{r['case']:<28}{r['samples']:>10}  {r['torch_forward_ms']:>8.2f}ms{r['fused_forward_ms']:>8.2f}ms"
             f"{r['torch_forward_ms'] / r['fused_forward_ms']:>6.1f}x  {r['torch_train_ms']:>8.2f}ms"
-            f"{r['fused_train_ms']:>8.2f}ms{r['torch_train_ms'] / r['fused_train_ms']:>6.1f}x  {r['max_abs_difference']:.1e}"
+            f"{r['fused_train_ms']:>8.2f}ms{r['torch_train_ms'] / r['fused_train_ms']:>6.1f}x"
+            f"  {r['max_abs_difference']:.1e}"
         )
 
 
@@ -190,7 +191,8 @@ def _print_model(result: Dict[str, object]) -> None:
     rows = result["rows"]  # type: ignore[index]
     base = rows[0]["ms_per_frame"]
     print(
-        f"\n{result['config']} (step {result['checkpoint_step']}) at {result['resolution'][0]}x{result['resolution'][1]}"
+        f"\n{result['config']} (step {result['checkpoint_step']}) "
+        f"at {result['resolution'][0]}x{result['resolution'][1]}"
     )  # type: ignore[index]
     print(f"{'variant':<62}{'ms':>9}{'fps':>8}{'vs first':>10}{'peak MB':>10}  vs plain")
     for r in rows:

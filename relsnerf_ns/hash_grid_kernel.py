@@ -8,8 +8,9 @@ intermediates, not the gathers themselves, dominate the frame time and a good pa
 Here one kernel does the whole lookup per (sample, level) in registers, and a second scatters the table's gradient
 with atomic adds. The arithmetic is nerfstudio's, term by term (same hash, the same ceil/floor corners, the same
 interpolation order), so a trained model renders the same images with either (float32 rounding aside). The gradient
-with respect to the positions (camera pose refinement) is a third kernel, run only when it is needed. Triton ships with PyPI's CUDA builds of torch; on the CPU, or without Triton, the torch lookup
-runs (set TRITON_INTERPRET=1 to run these kernels on the CPU through Triton's interpreter, as the tests do).
+with respect to the positions (camera pose refinement) is a third kernel, run only when it is needed. Triton ships
+with PyPI's CUDA builds of torch; on the CPU, or without Triton, the torch lookup runs (set TRITON_INTERPRET=1 to
+run these kernels on the CPU through Triton's interpreter, as the tests do).
 """
 
 from __future__ import annotations
