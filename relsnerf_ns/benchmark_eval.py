@@ -147,6 +147,24 @@ def held_out_quality(
     return {"quality": quality, "timing": timing, "num_eval_images": len(loader), "resolution": list(resolution)}
 
 
+@torch.no_grad()
+def plain_path_psnr(pipeline: Pipeline, device: str) -> float:
+    """Mean held-out PSNR of ReLS-NeRF's decoded output rendered through the plain path (float32 chunks, no CUDA
+    graphs, float32 decoder): the reference the default inference path must match."""
+    model = pipeline.model
+    saved = model.config.inference_path
+    model.config.inference_path = "plain"
+    values = []
+    try:
+        for camera, batch in pipeline.datamanager.fixed_indices_eval_dataloader:
+            image = model.renderer_rgb.blend_background(batch["image"].to(device)[..., :3])
+            rendered = model.get_outputs_for_camera(camera.to(device))["rgb"]
+            values.append(image_metrics(image, rendered, lambda reference, prediction: None)["psnr"])
+    finally:
+        model.config.inference_path = saved
+    return float(np.mean(values))
+
+
 # ---------------------------------------------------------------------- RCC on the spiral
 @torch.no_grad()
 def spiral_rcc(
@@ -214,17 +232,23 @@ def time_model(
     the decoded path and the peak GPU memory of the renders."""
     model = pipeline.model
     renders = output_renderers(pipeline, model_spec)
-    if device.startswith("cuda"):
+    on_gpu = device.startswith("cuda")
+    if on_gpu:
         torch.cuda.reset_peak_memory_stats()
     width, height = int(cameras[0].width.flatten()[0]), int(cameras[0].height.flatten()[0])
     timing: Dict[str, Dict[str, object]] = {}
     for output, render in renders.items():
         CONSOLE.print(f"  timing {model_spec.name} {output} at {width}x{height} ({len(cameras)} frames)")
+        if on_gpu:  # each output's own peak (weights included): the per-pixel path must not mask the decoded one's
+            synchronize(device)
+            torch.cuda.reset_peak_memory_stats()
         ms = median_render_ms(render, cameras, device, max(warmup, warmup_renders(output)))
         timing[output] = {"ms_per_frame": ms, "resolution": [width, height], "num_frames_timed": len(cameras)}
+        timing[output]["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20 if on_gpu else None
     if model_spec.kind == "relsnerf":
         timing["decoded"]["breakdown_ms"] = decoded_breakdown_ms(model, cameras, device)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
+    peaks = [t["peak_gpu_memory_mb"] for t in timing.values() if t.get("peak_gpu_memory_mb") is not None]
+    peak = max(peaks) if peaks else None
     return {"timing": timing, "peak_gpu_memory_mb_render": peak, "inference": inference_details(model, device)}
 
 

@@ -70,6 +70,8 @@ class RenderTiming:
     num_frames_timed: Optional[int] = None
     breakdown_ms: Optional[Dict[str, float]] = None
     """Optional median ms per stage, e.g. {"latent_render": 60.0, "decode": 25.0}."""
+    peak_gpu_memory_mb: Optional[float] = None
+    """Peak GPU memory while rendering this output (model weights included), when measured on its own."""
 
     def __post_init__(self) -> None:
         self.resolution = (int(self.resolution[0]), int(self.resolution[1]))
@@ -394,15 +396,16 @@ def markdown_report(report: BenchmarkReport) -> str:
                     breakdowns.append(f"{model.name} ({output_label(output)}): {parts}")
             else:
                 row += [MISSING] * 4
-            if position == 0:  # fitting and memory belong to the model: shown once, on its first row
+            if position == 0:  # fitting belongs to the model: shown once, on its first row
                 row += [format_duration(model.fit_seconds.get(p)) for p in phases]
-                row += [
-                    format_duration(model.total_fit_seconds),
-                    format_memory(model.peak_gpu_memory_mb_train),
-                    format_memory(model.peak_gpu_memory_mb_render),
-                ]
+                row += [format_duration(model.total_fit_seconds), format_memory(model.peak_gpu_memory_mb_train)]
             else:
-                row += [""] * (len(phases) + 3)
+                row += [""] * (len(phases) + 2)
+            # Render memory per output when measured per output, else the model's (on its first row).
+            if timing is not None and timing.peak_gpu_memory_mb is not None:
+                row.append(format_memory(timing.peak_gpu_memory_mb))
+            else:
+                row.append(format_memory(model.peak_gpu_memory_mb_render) if position == 0 else "")
             rows.append(row)
     lines += _table(header, align, rows) if rows else ["(no results)"]
     lines.append("")
@@ -419,7 +422,8 @@ def markdown_report(report: BenchmarkReport) -> str:
     footnotes.append(
         "Fitting phases: (A) autoencoder pretraining, (B) NeRF fitting (nerfacto's whole training), "
         f"(C) decoder distillation; {MISSING} where a model has no such phase or it was not measured. "
-        "Fitting time and peak memory belong to the model and are shown on its first row."
+        "Fitting time and training memory belong to the model and are shown on its first row; render memory is the "
+        "peak while rendering each output at full resolution (model weights included)."
     )
     footnotes.append(f"{MISSING} marks a value that is missing or not applicable.")
     for model in report.models:

@@ -35,6 +35,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from relsnerf_ns.benchmark_models import ModelSpec, lpips_without_download, nerfstudio_checkpoint_globals
 from relsnerf_ns.benchmark_report import atomic_write_text
+from relsnerf_ns.hash_grid_kernel import uses_fused_hash_grids
 from relsnerf_ns.render_timing import synchronize
 
 ConfigTransform = Callable[[str, TrainerConfig], Optional[TrainerConfig]]
@@ -205,6 +206,7 @@ def train_model(
     trainer.config.max_num_iterations = max(0, record.total_steps - trainer._start_step)
     record.setup_seconds += time.perf_counter() - setup_start
     record.details["implementation"] = getattr(trainer.pipeline.model.config, "implementation", None)
+    record.details["hash_grid_lookup"] = "fused" if uses_fused_hash_grids(trainer.pipeline.model) else "nerfstudio"
     if hasattr(trainer.pipeline, "num_distill_renders"):
         record.details["num_distill_renders"] = int(trainer.pipeline.num_distill_renders)
 

@@ -128,6 +128,12 @@ def check_report(output: Path, paths: Dict[str, Path]) -> Dict:
         assert image.format == "PNG" and image.size[0] > 300
     assert (output / "results" / "timing.json").exists()
     assert list((output / "results").glob("relsnerf-r32_heldout_*.png"))
+    # The default inference path matches the plain path on held-out views (on a CPU both are float32).
+    for name in ("relsnerf-r32", "relsnerf-tiny"):
+        evaluation = json.loads((output / "results" / f"{name}.eval.json").read_text())
+        decoded = evaluation["quality"]["decoded"]
+        assert decoded["psnr_plain_path"] == pytest.approx(decoded["psnr"], abs=0.01), name
+    assert markdown.count("through the plain path (float32, chunked)") == 2
     return report
 
 
