@@ -142,3 +142,13 @@ def test_camera_tuples_need_at_least_one_camera():
     c2w, cams = line_of_cameras(2)
     with pytest.raises(ValueError, match="at least one training camera"):
         interpolated_cameras(cams[:0], 4, seed=0)
+
+
+def test_phase_c_makes_one_render_for_a_single_training_camera(tmp_path):
+    from relsnerf_ns.distill_renders import DistillRenders
+
+    _, cams = line_of_cameras(1)
+    renders = DistillRenders(cams, count=5, seed=0, directory=tmp_path)
+    renders.build(lambda camera: torch.full((int(camera.height), int(camera.width), 3), 0.5))
+    assert len(renders.images) == 1 and renders.images[0].shape == (48, 64, 3)
+    assert [p.name for p in tmp_path.glob("render_*.png")] == ["render_0000.png"]
