@@ -231,6 +231,7 @@ def test_an_awkward_scene_trains_through_a_b_c_and_says_each_thing_once(tmp_path
     config = tiny_config("relsnerf-r32", scene, tmp_path / "out", steps=(1, 2, 1))
     config.pipeline.datamanager.dataparser.train_split_fraction = 0.5  # frames 0 and 2 train, frame 1 evaluates
     config.pipeline.model.background_color = "white"
+    config.pipeline.datamanager.latent_patch_size = 8  # 64x64 pixels: shrinks to 40x40 with phases A and C
     trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()
     datamanager = trainer.pipeline.datamanager
@@ -248,6 +249,7 @@ def test_an_awkward_scene_trains_through_a_b_c_and_says_each_thing_once(tmp_path
     assert {tuple(image.shape[:2]) for image in renders.images} <= {(44, 60), (70, 90)}
     printed = flat(capsys.readouterr().out)
     assert printed.count("Patches shrink") == 1 and "phase-A crops 40x40 instead of 64x64" in printed
+    assert "phase-B latent patch 40x40 (5x5 latent pixels)" in printed and "phase-C crops 40x40" in printed
     assert printed.count("only 2 training cameras") == 1
     assert printed.count("DS-NeRF depth loss off") == 1
     # Evaluation compares with the RGBA image blended over the white background, not with its magenta RGB.
