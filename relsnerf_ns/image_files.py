@@ -137,8 +137,8 @@ class RelsNerfInputDataset(InputDataset):
         return read_image(path, self.scale_factor, alpha=self.uniform_alpha or None)
 
     def check_images(self, split: str) -> List[ImageInfo]:
-        """Read every header now: one error naming all unreadable files; one note on converted pixel formats and one
-        warning when images and their cameras disagree on the size."""
+        """Read every header now: one error naming all unreadable files, one naming images whose size is not their
+        camera's; one note on converted pixel formats and one on transparency."""
         infos: List[ImageInfo] = []
         problems: List[str] = []
         for path in self.image_filenames:
@@ -161,7 +161,7 @@ class RelsNerfInputDataset(InputDataset):
                 f"{with_alpha} of {len(infos)} {split} images have transparency: alpha is blended with the model's "
                 "background colour (black unless --pipeline.model.background-color white)."
             )
-        warn_size_mismatches(infos, self.cameras, self.scale_factor, split)
+        check_sizes(infos, self.cameras, self.scale_factor, split)
         return infos
 
 
@@ -178,17 +178,20 @@ def note_conversions(infos: Sequence[ImageInfo], split: str) -> None:
     CONSOLE.print(f"{split} images read as RGB/RGBA: {', '.join(parts)}.")
 
 
-def warn_size_mismatches(infos: Sequence[ImageInfo], cameras: Cameras, scale_factor: float, split: str) -> None:
-    """Rays come from the cameras, pixels from the files: say when they disagree (the rays would be misplaced)."""
+def check_sizes(infos: Sequence[ImageInfo], cameras: Cameras, scale_factor: float, split: str) -> None:
+    """Rays come from the cameras, pixels from the files: they must describe images of the same size."""
     mismatches: List[Tuple[Path, Tuple[int, int], Tuple[int, int]]] = []
     widths, heights = cameras.width.flatten().tolist(), cameras.height.flatten().tolist()
     for info, width, height in zip(infos, widths, heights):
         size = (int(info.width * scale_factor), int(info.height * scale_factor))
-        if size != (int(width), int(height)):
+        # A pixel of slack: downscaled copies (images_2/, ...) round their sizes differently from the cameras.
+        if abs(size[0] - int(width)) > 1 or abs(size[1] - int(height)) > 1:
             mismatches.append((info.path, size, (int(width), int(height))))
     if mismatches:
         shown = "; ".join(f"{p.name} is {w}x{h}, its camera {cw}x{ch}" for p, (w, h), (cw, ch) in mismatches[:5])
-        CONSOLE.print(
-            f"[yellow]Warning: {len(mismatches)} {split} images differ in size from their cameras ({shown}"
-            f"{' ...' if len(mismatches) > 5 else ''}): check the w/h (and intrinsics) the dataparser reads."
+        raise ImageFileError(
+            f"{len(mismatches)} {split} images differ in size from their cameras ({shown}"
+            f"{' ...' if len(mismatches) > 5 else ''}), so rays would not pass through their pixels. Fix the image "
+            "size (w, h) and intrinsics the dataparser reads (e.g. in transforms.json), or use the images the cameras "
+            "were calibrated on."
         )

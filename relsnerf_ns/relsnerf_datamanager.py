@@ -21,13 +21,17 @@ import torch
 from jaxtyping import Float
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.cameras.rays import RayBundle
-from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManager, VanillaDataManagerConfig
+from nerfstudio.data.datamanagers.base_datamanager import (
+    VanillaDataManager,
+    VanillaDataManagerConfig,
+    variable_res_collate,
+)
 from nerfstudio.utils import colors
 from nerfstudio.utils.rich_utils import CONSOLE
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from relsnerf_ns.image_files import HOW_TO_FIX, ImageFileError, RelsNerfInputDataset
+from relsnerf_ns.image_files import HOW_TO_FIX, ImageFileError, ImageInfo, RelsNerfInputDataset
 from relsnerf_ns.latent_rays import latent_ray_bundle
 from relsnerf_ns.metadata_keys import SPARSE_DEPTH_KEY
 
@@ -182,7 +186,7 @@ class RelsNerfDataManager(VanillaDataManager):
 
     def setup_train(self) -> None:
         self._check_config()
-        self.train_dataset.check_images("training")  # every unreadable file named now, before caching
+        self._use_sizes(self.train_dataset.check_images("training"))  # unreadable files named now, before caching
         super().setup_train()
         batch = next(self.iter_train_image_dataloader)
         images = batch["image"]
@@ -195,8 +199,14 @@ class RelsNerfDataManager(VanillaDataManager):
         self.sparse_depth = self._collect_sparse_depth()
 
     def setup_eval(self) -> None:
-        self.eval_dataset.check_images("evaluation")
+        self._use_sizes(self.eval_dataset.check_images("evaluation"))
         super().setup_eval()
+
+    def _use_sizes(self, infos: List[ImageInfo]) -> None:
+        """Images of different sizes are cached as a list: nerfstudio picks that from the cameras' sizes, which may
+        be equal within the one-pixel slack `check_sizes` allows while the files differ."""
+        if len({(info.width, info.height) for info in infos}) > 1:
+            self.config.collate_fn = variable_res_collate
 
     def _fit_patch_sizes(self) -> Dict[str, int]:
         """Sides of phase A's crops, phase B's latent patch and phase C's crops, shrunk (once, said once) to fit the

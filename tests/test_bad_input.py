@@ -182,6 +182,20 @@ def test_transparent_pixels_take_the_background_colour_not_their_rgb(mixed):
     datamanager.set_alpha_background("last_sample")
 
 
+def test_images_whose_size_disagrees_with_their_camera_are_named(tmp_path):
+    scene = write_scene(tmp_path / "scene", [(40, 32, "RGB")] * 3)
+    Image.new("RGB", (41, 32)).save(scene / "images" / "frame_0000.png")  # one pixel: a rounding difference
+    datamanager = datamanager_config(scene).setup(device="cpu", test_mode="val")
+    assert [tuple(image.shape) for image in datamanager.train_images] == [(32, 41, 3), (32, 40, 3), (32, 40, 3)]
+    Image.new("RGB", (48, 32)).save(scene / "images" / "frame_0001.png")  # transforms.json still says 40x32
+    with pytest.raises(
+        ImageFileError,
+        match=r"1 training images differ in size from their cameras \(frame_0001\.png "
+        r"is 48x32, its camera 40x32\).*transforms\.json",
+    ):
+        datamanager_config(scene).setup(device="cpu", test_mode="val")
+
+
 def test_images_too_small_for_a_latent_patch_are_named(tmp_path):
     scene = write_scene(tmp_path / "scene", [(40, 32, "RGB"), (14, 30, "RGB"), (40, 32, "RGB")])
     with pytest.raises(ImageSizeError, match=r"frame_0001\.png \(14x30\).*at least 2x2 latent pixels"):
