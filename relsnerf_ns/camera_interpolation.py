@@ -3,6 +3,10 @@
 Positions are convex combinations of the three camera centres with barycentric weights drawn uniformly on the
 simplex; rotations are the weighted chordal mean of the three rotations (the weighted sum of the matrices projected back
 onto SO(3) by SVD), so every sample is a valid rotation between its three cameras.
+
+Scenes with fewer than three training cameras still get phase C (said once): with two, cameras are interpolated along
+the segment between them (a triplet (i, j, i) with weights (w, 1 - w, 0)); with one, that camera is used as it is
+(a single render, since more would all be the same image).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from typing import Tuple
 import torch
 from jaxtyping import Float, Int
 from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 
 
@@ -25,18 +30,19 @@ def project_to_rotation(matrices: Float[Tensor, "*batch 3 3"]) -> Float[Tensor, 
 
 
 def sample_triplets(num_cameras: int, count: int, generator: torch.Generator) -> Int[Tensor, "count 3"]:
-    """`count` triplets of distinct camera indices."""
-    if num_cameras < 3:
-        raise ValueError(
-            f"interpolating cameras inside triplets needs at least 3 training cameras, the scene has {num_cameras}"
-        )
+    """`count` triplets of distinct camera indices; with two cameras, pairs written as (i, j, i)."""
+    if num_cameras < 2:
+        raise ValueError(f"interpolating cameras needs at least 2 training cameras, the scene has {num_cameras}")
     keys = torch.rand(count, num_cameras, generator=generator)
-    return keys.argsort(dim=1)[:, :3]
+    order = keys.argsort(dim=1)
+    return order[:, :3] if num_cameras >= 3 else order[:, [0, 1, 0]]
 
 
-def uniform_simplex_weights(count: int, generator: torch.Generator) -> Float[Tensor, "count 3"]:
-    """Barycentric weights uniform on the 2-simplex (normalised exponentials = Dirichlet(1, 1, 1))."""
+def uniform_simplex_weights(count: int, generator: torch.Generator, vertices: int = 3) -> Float[Tensor, "count 3"]:
+    """Barycentric weights uniform on the simplex of 3 (or 2: a segment, third weight 0) vertices (normalised
+    exponentials = Dirichlet(1, ..., 1))."""
     e = -torch.log(torch.rand(count, 3, generator=generator).clamp_min(1e-12))
+    e[:, vertices:] = 0.0
     return e / e.sum(dim=1, keepdim=True)
 
 
@@ -53,11 +59,31 @@ def interpolate_camera_to_worlds(
 def interpolated_cameras(
     cameras: Cameras, count: int, seed: int
 ) -> Tuple[Cameras, Int[Tensor, "count 3"], Float[Tensor, "count 3"]]:
-    """`count` cameras inside random triplets; intrinsics and image size are the first camera's of each triplet."""
+    """`count` cameras inside random triplets; intrinsics and image size are the first camera's of each triplet.
+
+    Fewer than three cameras: along the segment between two, or the one camera itself (once), said once.
+    """
     generator = torch.Generator().manual_seed(seed)
     cameras = cameras.to("cpu")
-    triplets = sample_triplets(len(cameras), count, generator)
-    weights = uniform_simplex_weights(count, generator)
+    num_cameras = len(cameras)
+    if num_cameras == 0:
+        raise ValueError("phase C needs at least one training camera to render from; the scene has none")
+    if num_cameras == 1:
+        CONSOLE.print(
+            f"[yellow]Phase C: the scene has a single training camera, so there is nothing to interpolate; its one "
+            f"RGB-NeRF render (instead of {count} at interpolated cameras) goes next to the real image."
+        )
+        count = 1
+        triplets = torch.zeros(1, 3, dtype=torch.long)
+        weights = torch.tensor([[1.0, 0.0, 0.0]])
+    else:
+        if num_cameras == 2:
+            CONSOLE.print(
+                "[yellow]Phase C: the scene has only 2 training cameras; RGB-NeRF renders are made at cameras "
+                "interpolated along the segment between them (instead of inside triplets of 3)."
+            )
+        triplets = sample_triplets(num_cameras, count, generator)
+        weights = uniform_simplex_weights(count, generator, vertices=min(3, num_cameras))
     c2w = interpolate_camera_to_worlds(cameras.camera_to_worlds, triplets, weights)
     first = triplets[:, 0]
     result = Cameras(

@@ -285,7 +285,10 @@ def _image_sizes(filenames: Sequence[Path]) -> Tuple[np.ndarray, np.ndarray]:
                 sizes.append(image.size)
                 image.verify()  # structure and checksums, without decoding the pixels
         except Exception as error:  # PIL raises several types (UnidentifiedImageError, OSError, SyntaxError)
-            raise LLFFDataError(f"cannot read image {filename}: {error}; replace or remove it") from error
+            raise LLFFDataError(
+                f"cannot read image {filename}: {error}. Replace it with a readable copy (to drop it instead, also "
+                "remove its row from poses_bounds.npy: rows and images pair up in sorted name order)"
+            ) from error
     widths, heights = np.array(sizes, dtype=np.int64).T
     return widths, heights
 

@@ -3,21 +3,35 @@
 Phase A asks for image crops; phase B for 4096 random rays plus one latent patch (the rays through the centres of a
 32x32 grid of 8x8 pixel blocks with the matching 256x256 image patch) plus, when the dataparser gives sparse depth,
 4096 rays through sparse points; phase C for real-image crops with their latent rays.
+
+Awkward input is handled at start-up (`setup_train`): unreadable images are named in one error, any pixel format is
+read as RGB or RGBA (`image_files.py`), patches and crops shrink once, with one message, to fit the smallest image
+(images of any size, different sizes in one scene included: each patch is cut from one image with its own camera's
+rays), and images too small for a 2x2 latent patch are named. RGBA crops are blended with the model's background
+colour, as nerfacto blends its colour targets.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple, Type
+from pathlib import Path
+from typing import Dict, List, Literal, Optional, Tuple, Type, Union
 
 import torch
 from jaxtyping import Float
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.cameras.rays import RayBundle
-from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManager, VanillaDataManagerConfig
+from nerfstudio.data.datamanagers.base_datamanager import (
+    VanillaDataManager,
+    VanillaDataManagerConfig,
+    variable_res_collate,
+)
+from nerfstudio.utils import colors
 from nerfstudio.utils.rich_utils import CONSOLE
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
+from relsnerf_ns.image_files import HOW_TO_FIX, ImageFileError, ImageInfo, RelsNerfInputDataset
 from relsnerf_ns.latent_rays import latent_ray_bundle
 from relsnerf_ns.metadata_keys import SPARSE_DEPTH_KEY
 
@@ -38,28 +52,54 @@ class ImagePatch:
         return self.size // 8
 
 
+MIN_PATCH = 16
+"""Smallest patch or crop side in pixels: 2x2 latent pixels (R32's instance norms need more than one latent pixel)."""
+
+
+class ImageSizeError(ValueError):
+    """Images too small for ReLS-NeRF's latent patches; the message names them."""
+
+
 def largest_patch(requested: int, images: List[Tensor]) -> int:
     """The requested patch side, shrunk to fit the smallest image, in multiples of 8."""
     smallest = min(min(int(image.shape[0]), int(image.shape[1])) for image in images)
     size = min(requested, smallest) // 8 * 8
-    if size < 8:
-        raise ValueError(
-            f"images must be at least 8x8 pixels to hold one latent pixel; the smallest side is {smallest}"
+    if size < MIN_PATCH:
+        raise ImageSizeError(
+            f"images must be at least {MIN_PATCH}x{MIN_PATCH} pixels to hold a 2x2 latent patch; the smallest side is "
+            f"{smallest}"
         )
     return size
 
 
+def blend_alpha(
+    pixels: Float[Tensor, "*batch C"], background: Optional[Float[Tensor, "3"]] = None
+) -> Float[Tensor, "*batch 3"]:
+    """RGB of RGB or RGBA pixels, RGBA composited over `background` (black when None), as nerfacto's targets."""
+    if pixels.shape[-1] < 4:
+        return pixels[..., :3]
+    colour = torch.zeros(3) if background is None else background
+    alpha = pixels[..., 3:4]
+    return pixels[..., :3] * alpha + colour.to(pixels) * (1.0 - alpha)
+
+
 def random_patch(
-    cameras: Cameras, images: List[Tensor], size: int, index: Optional[int] = None, with_rays: bool = True
+    cameras: Cameras,
+    images: List[Tensor],
+    size: int,
+    index: Optional[int] = None,
+    with_rays: bool = True,
+    background: Optional[Tensor] = None,
 ) -> ImagePatch:
-    """A random size x size crop (channels first) of a random (or given) image and its latent rays."""
+    """A random size x size crop (channels first, RGBA blended over `background`) of a random (or given) image and
+    its latent rays. The crop lies inside that image whatever its size; the rays are that image's camera's."""
     if index is None:
         index = int(torch.randint(len(images), (1,)))
     image = images[index]
     height, width = int(image.shape[0]), int(image.shape[1])
     top = int(torch.randint(height - size + 1, (1,)))
     left = int(torch.randint(width - size + 1, (1,)))
-    crop = image[top : top + size, left : left + size, :3].permute(2, 0, 1)
+    crop = blend_alpha(image[top : top + size, left : left + size], background).permute(2, 0, 1)
     bundle = latent_ray_bundle(cameras, index, top, left, size // 8, size // 8) if with_rays else None
     return ImagePatch(index, top, left, size, crop, bundle)  # type: ignore[arg-type]
 
@@ -89,8 +129,64 @@ class RelsNerfDataManager(VanillaDataManager):
     """VanillaDataManager plus the patch and crop batches that ReLS-NeRF's phases need."""
 
     config: RelsNerfDataManagerConfig
+    train_dataset: RelsNerfInputDataset
+    eval_dataset: RelsNerfInputDataset
+
+    def __init__(self, config: RelsNerfDataManagerConfig, *args, **kwargs) -> None:
+        self.alpha_background: Tensor = torch.zeros(3)
+        """Colour RGBA crops are blended over (the pipeline sets the model's, see `set_alpha_background`)."""
+        try:
+            super().__init__(config, *args, **kwargs)
+        except (FileNotFoundError, UnidentifiedImageError) as error:
+            # A dataparser opening an image itself (nerfstudio-data reads the first one to pick a downscale factor).
+            if isinstance(error, FileNotFoundError) and (
+                error.filename is None or Path(str(error.filename)).suffix.lower() not in Image.registered_extensions()
+            ):
+                raise  # not an image (transforms.json, a scene folder): the dataparser's own message says it
+            raise ImageFileError(f"the dataparser cannot read an image: {error}. {HOW_TO_FIX}") from error
+
+    def create_train_dataset(self) -> RelsNerfInputDataset:
+        return RelsNerfInputDataset(self.train_dataparser_outputs, scale_factor=self.config.camera_res_scale_factor)
+
+    def create_eval_dataset(self) -> RelsNerfInputDataset:
+        return RelsNerfInputDataset(
+            self.dataparser.get_dataparser_outputs(split=self.test_split),
+            scale_factor=self.config.camera_res_scale_factor,
+        )
+
+    def set_alpha_background(self, background_color: Union[Literal["random", "last_sample", "black", "white"], Tensor]):
+        """Blend RGBA crops as the model's `blend_background` blends colour targets: over its fixed background colour,
+        over black for 'last_sample' and 'random' (a decoded patch has no accumulation to blend a random colour with,
+        and evaluation compares with black-blended images too)."""
+        if isinstance(background_color, Tensor):
+            self.alpha_background = background_color.detach().float().cpu()
+        elif background_color in colors.COLORS_DICT:
+            self.alpha_background = colors.COLORS_DICT[background_color].float().clone()
+        else:
+            self.alpha_background = torch.zeros(3)
+
+    def _check_config(self) -> None:
+        """Settings the patch batches cannot work with, named by their command-line flags."""
+        config = self.config
+        prefix = "--pipeline.datamanager."
+        for flag, value, minimum in (
+            ("latent-patch-size", config.latent_patch_size, MIN_PATCH // 8),
+            ("ae-crop-size", config.ae_crop_size, MIN_PATCH),
+            ("distill-crop-size", config.distill_crop_size, MIN_PATCH),
+            ("ae-batch-size", config.ae_batch_size, 1),
+        ):
+            if value < minimum:
+                raise ValueError(f"{prefix}{flag} must be at least {minimum}, got {value}")
+        sampled = config.train_num_images_to_sample_from
+        if sampled != -1 and sampled < len(self.train_dataset):
+            raise ValueError(
+                f"{prefix}train-num-images-to-sample-from {sampled}: ReLS-NeRF cuts its latent patches and crops from "
+                f"every training image, so it keeps all {len(self.train_dataset)} in memory; leave it at -1."
+            )
 
     def setup_train(self) -> None:
+        self._check_config()
+        self._use_sizes(self.train_dataset.check_images("training"))  # unreadable files named now, before caching
         super().setup_train()
         batch = next(self.iter_train_image_dataloader)
         images = batch["image"]
@@ -99,7 +195,55 @@ class RelsNerfDataManager(VanillaDataManager):
         order = batch["image_idx"].tolist() if "image_idx" in batch else list(range(len(images)))
         self.train_images = [img for _, img in sorted(zip(order, self.train_images), key=lambda pair: pair[0])]
         self.train_cameras: Cameras = self.train_ray_generator.cameras
+        self.patch_sizes = self._fit_patch_sizes()
         self.sparse_depth = self._collect_sparse_depth()
+
+    def setup_eval(self) -> None:
+        self._use_sizes(self.eval_dataset.check_images("evaluation"))
+        super().setup_eval()
+
+    def _use_sizes(self, infos: List[ImageInfo]) -> None:
+        """Images of different sizes are cached as a list: nerfstudio picks that from the cameras' sizes, which may
+        be equal within the one-pixel slack `check_sizes` allows while the files differ."""
+        if len({(info.width, info.height) for info in infos}) > 1:
+            self.config.collate_fn = variable_res_collate
+
+    def _fit_patch_sizes(self) -> Dict[str, int]:
+        """Sides of phase A's crops, phase B's latent patch and phase C's crops, shrunk (once, said once) to fit the
+        smallest training image in multiples of 8; images too small for a 2x2 latent patch are an error."""
+        names = [Path(p).name for p in self.train_dataset.image_filenames]
+        sides = [min(int(image.shape[0]), int(image.shape[1])) for image in self.train_images]
+        too_small = [f"{names[i]} ({self._size(i)})" for i, side in enumerate(sides) if side < MIN_PATCH]
+        if too_small:
+            raise ImageSizeError(
+                f"{len(too_small)} training images are smaller than {MIN_PATCH}x{MIN_PATCH} pixels: "
+                f"{', '.join(too_small[:5])}{' ...' if len(too_small) > 5 else ''}. ReLS-NeRF decodes patches of at "
+                f"least 2x2 latent pixels (8x8 image pixels each); use larger images or remove these from the scene."
+            )
+        smallest = min(range(len(sides)), key=sides.__getitem__)
+        requested = {
+            "ae_crop": self.config.ae_crop_size,
+            "latent_patch": self.config.latent_patch_size * 8,
+            "distill_crop": self.config.distill_crop_size,
+        }
+        sizes = {key: largest_patch(value, self.train_images) for key, value in requested.items()}
+        changed = [key for key in sizes if sizes[key] != requested[key]]
+        if changed:
+            what = {
+                "ae_crop": lambda s: f"phase-A crops {s}x{s}",
+                "latent_patch": lambda s: f"phase-B latent patch {s}x{s} ({s // 8}x{s // 8} latent pixels)",
+                "distill_crop": lambda s: f"phase-C crops {s}x{s}",
+            }
+            parts = [f"{what[key](sizes[key])} instead of {requested[key]}x{requested[key]}" for key in changed]
+            CONSOLE.print(
+                f"[yellow]Patches shrink to fit the smallest training image, {names[smallest]} "
+                f"({self._size(smallest)}), in multiples of 8 pixels: {'; '.join(parts)}."
+            )
+        return sizes
+
+    def _size(self, index: int) -> str:
+        image = self.train_images[index]
+        return f"{int(image.shape[1])}x{int(image.shape[0])}"
 
     def _collect_sparse_depth(self) -> Optional[Tuple[Tensor, Tensor]]:
         """All sparse points as (camera index, x, y, depth, weight) rows, or None (depth loss off, said once)."""
@@ -109,6 +253,8 @@ class RelsNerfDataManager(VanillaDataManager):
             if SPARSE_DEPTH_KEY in metadata and per_image is None:
                 return None  # the dataparser found none and has said why
             reason = "the dataparser gives no sparse depth" if per_image is None else "depth_rays_per_batch is 0"
+            if per_image is None and metadata.get("depth_filenames"):
+                reason += " (dense depth maps, depth_file_path, are not used)"
             CONSOLE.print(f"[yellow]DS-NeRF depth loss off: {reason}.")
             return None
         scale = self.config.camera_res_scale_factor
@@ -128,17 +274,19 @@ class RelsNerfDataManager(VanillaDataManager):
     # ------------------------------------------------------------------ phase A
     def next_ae_batch(self, step: int) -> Float[Tensor, "batch 3 size size"]:
         """Random crops of training images for autoencoder pretraining."""
-        size = largest_patch(self.config.ae_crop_size, self.train_images)
+        size = self.patch_sizes["ae_crop"]
         crops = [
-            random_patch(self.train_cameras, self.train_images, size, with_rays=False).image
+            random_patch(
+                self.train_cameras, self.train_images, size, with_rays=False, background=self.alpha_background
+            ).image
             for _ in range(self.config.ae_batch_size)
         ]
         return torch.stack(crops).to(self.device)
 
     # ------------------------------------------------------------------ phase B
     def next_latent_patch(self) -> ImagePatch:
-        size = largest_patch(self.config.latent_patch_size * 8, self.train_images)
-        return random_patch(self.train_cameras, self.train_images, size)
+        size = self.patch_sizes["latent_patch"]
+        return random_patch(self.train_cameras, self.train_images, size, background=self.alpha_background)
 
     def next_depth_rays(self) -> Optional[Tuple[RayBundle, Tensor, Tensor]]:
         """Rays through random sparse points: (bundle, along-ray distance [R, 1], point weight [R, 1])."""
@@ -166,5 +314,5 @@ class RelsNerfDataManager(VanillaDataManager):
 
     # ------------------------------------------------------------------ phase C
     def next_real_crop(self) -> ImagePatch:
-        size = largest_patch(self.config.distill_crop_size, self.train_images)
-        return random_patch(self.train_cameras, self.train_images, size)
+        size = self.patch_sizes["distill_crop"]
+        return random_patch(self.train_cameras, self.train_images, size, background=self.alpha_background)

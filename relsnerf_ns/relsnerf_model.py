@@ -298,7 +298,7 @@ class RelsNerfModel(NerfactoModel):
     def get_image_metrics_and_images(
         self, outputs: Dict[str, Tensor], batch: Dict[str, Tensor]
     ) -> Tuple[Dict[str, float], Dict[str, Tensor]]:
-        gt = self.renderer_rgb.blend_background(batch["image"].to(self.device)[..., :3])
+        gt = self.renderer_rgb.blend_background(batch["image"].to(self.device))  # RGBA: alpha over the background
         metrics = image_metrics(gt, outputs["rgb"], self.offline_lpips)
         metrics.update(image_metrics(gt, outputs["rgb_nerf"], self.offline_lpips, suffix="_rgb_nerf"))
         images = {
@@ -338,4 +338,6 @@ def upsample_latent_grid(grid: Float[Tensor, "rows cols c"], height: int, width:
         mode="bilinear",
         align_corners=False,
     )[0]
-    return up.permute(1, 2, 0)[:height, :width]
+    # Contiguous: cropping the width of the channels-last view leaves strides that `.view` (nerfstudio's PCA colour
+    # map of the latent output, in evaluation and the viewer) cannot flatten.
+    return up.permute(1, 2, 0)[:height, :width].contiguous()

@@ -75,6 +75,8 @@ class RelsNerfPipeline(VanillaPipeline):
         grad_scaler: Optional[GradScaler] = None,
     ) -> None:
         super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
+        # RGBA crops for the latent paths are blended like the model's colour targets.
+        self.datamanager.set_alpha_background(self.relsnerf_model.config.background_color)
         self.schedule = config.phases
         self.schedule.steps()  # validate the step counts early, with a clear message
         self.phase: Optional[Phase] = None

@@ -108,7 +108,37 @@ def test_tiny_autoencoder_errors_name_path_and_shapes(tmp_path):
         TinyAutoencoderConfig(encoder_weights=tmp_path / "enc4.pth", decoder_weights=tmp_path / "dec4.pth").setup()
     message = str(error.value)
     assert "enc4.pth" in message and "14.weight: file (4, 64, 3, 3) vs expected (32, 64, 3, 3)" in message
-    assert "missing keys: 11.pool.0.weight" in message
+    assert "missing keys (expected shape): 11.pool.0.weight (256, 64, 1, 1)" in message
+    # What the file is and the settings that fit it.
+    assert "latent-channels=4, width=64, group-norm-pool=False" in message
+    assert (
+        "--pipeline.model.autoencoder.latent-channels 4 --pipeline.model.autoencoder.group-norm-pool False" in message
+    )
+
+
+def test_tiny_weights_of_another_size_or_part_say_what_they_are_and_how_to_fix(tmp_path):
+    narrow = TinyAutoencoderConfig(init="random", width=32).setup()  # same layout, half the width
+    torch.save(narrow.encoder.state_dict(), tmp_path / "narrow_enc.pth")
+    with pytest.raises(PretrainedWeightsError) as error:
+        TinyAutoencoderConfig(encoder_weights=tmp_path / "narrow_enc.pth").setup()
+    message = str(error.value)
+    assert f"tiny autoencoder encoder: '{tmp_path / 'narrow_enc.pth'}' does not match" in message
+    assert "0.weight: file (32, 3, 3, 3) vs expected (64, 3, 3, 3)" in message and "(78 in all)" in message
+    assert "run with --pipeline.model.autoencoder.width 32" in message
+    assert "--pipeline.model.autoencoder.encoder-weights PATH" in message  # how to supply the right files
+    # The encoder file passed as the decoder.
+    right = TinyAutoencoderConfig(init="random").setup()
+    torch.save(right.encoder.state_dict(), tmp_path / "enc.pth")
+    with pytest.raises(PretrainedWeightsError, match=r"(?s)decoder: .*enc\.pth.*looks like an ENCODER file.*swap"):
+        TinyAutoencoderConfig(encoder_weights=tmp_path / "enc.pth", decoder_weights=tmp_path / "enc.pth").setup()
+    # Another architecture altogether: R32's decoder.
+    torch.save(R32AutoencoderConfig(latent_channels=32).setup().decoder.state_dict(), tmp_path / "r32_dec.pth")
+    with pytest.raises(PretrainedWeightsError) as error:
+        TinyAutoencoderConfig(encoder_weights=tmp_path / "enc.pth", decoder_weights=tmp_path / "r32_dec.pth").setup()
+    message = str(error.value)
+    assert "missing keys (expected shape): 1.bias (64,); 1.weight (64, 32, 3, 3)" in message
+    assert "unexpected keys (shape in the file): 0.bias (256,); 0.weight (256, 32, 1, 1)" in message
+    assert "it is not a taesd.py decoder" in message
 
 
 def test_sd_vae_random_architecture_round_trip():
@@ -129,3 +159,38 @@ def test_sd_vae_missing_weights_say_how_to_supply_them(tmp_path, monkeypatch):
         StableDiffusionVAEConfig(pretrained=str(tmp_path / "no-such-vae")).setup()
     with pytest.raises(PretrainedWeightsError, match="huggingface-cli download"):
         StableDiffusionVAEConfig(pretrained="someone/not-in-the-cache").setup()
+
+
+def tiny_vae(**overrides):
+    settings = dict(block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4, latent_channels=4)
+    settings.update(overrides)
+    return StableDiffusionVAEConfig(init="random", **settings).setup().vae
+
+
+def test_sd_vae_weights_of_another_architecture_are_named_with_shapes(tmp_path):
+    tiny_vae().save_pretrained(tmp_path / "vae")
+    tiny_vae(block_out_channels=(8, 16, 16, 16)).save_pretrained(tmp_path / "wider")
+    # config.json of one VAE next to the weights of a wider one.
+    weights = "diffusion_pytorch_model.safetensors"
+    (tmp_path / "vae" / weights).write_bytes((tmp_path / "wider" / weights).read_bytes())
+    with pytest.raises(PretrainedWeightsError) as error:
+        StableDiffusionVAEConfig(pretrained=str(tmp_path / "vae")).setup()
+    message = str(error.value)
+    assert f"the weights in '{tmp_path / 'vae'}' do not match the architecture its config.json describes" in message
+    assert "decoder.conv_in.weight: file (16, 4, 3, 3) vs expected (8, 4, 3, 3)" in message
+    assert "unexpected keys (shape in the file): decoder.up_blocks.3.resnets.0.conv_shortcut.bias (8,)" in message
+    assert "--pipeline.model.autoencoder.pretrained" in message
+
+
+def test_sd_vae_with_missing_weights_fails_instead_of_using_random_ones(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    tiny_vae().save_pretrained(tmp_path / "sd" / "vae")  # a Stable Diffusion directory with a vae/ subfolder
+    path = tmp_path / "sd" / "vae" / "diffusion_pytorch_model.safetensors"
+    state = load_file(str(path))
+    save_file({k: v for k, v in state.items() if not k.startswith("decoder.up_blocks.3.")}, str(path))
+    with pytest.raises(PretrainedWeightsError) as error:
+        StableDiffusionVAEConfig(pretrained=str(tmp_path / "sd")).setup()
+    message = str(error.value)
+    assert str(tmp_path / "sd" / "vae") in message
+    assert "missing keys (expected shape): decoder.up_blocks.3.resnets.0.conv1.bias (8,)" in message

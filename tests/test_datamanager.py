@@ -48,8 +48,8 @@ def test_autoencoder_crops(datamanager):
 
 def test_patch_sizes_shrink_to_fit_in_multiples_of_8():
     assert largest_patch(256, [torch.zeros(100, 300, 3), torch.zeros(120, 90, 3)]) == 88
-    with pytest.raises(ValueError, match="at least 8x8"):
-        largest_patch(256, [torch.zeros(6, 300, 3)])
+    with pytest.raises(ValueError, match="at least 16x16"):  # a 2x2 latent patch (R32's instance norms need it)
+        largest_patch(256, [torch.zeros(12, 300, 3)])
 
 
 def test_sparse_depth_rays_end_at_the_points(datamanager):
@@ -80,3 +80,26 @@ def test_sparse_depth_rays_end_at_the_points(datamanager):
         assert len(match) == 1, (index, x, y)
         assert depth == pytest.approx(float(match[0][2]), abs=1e-4)
         assert float(weight[n]) == float(match[0][3])
+
+
+def test_depth_loss_off_is_said_once_with_its_reason(datamanager, capsys):
+    metadata = datamanager.train_dataparser_outputs.metadata
+    count = len(datamanager.train_cameras)
+    try:
+        for per_image, rays, reason in (
+            (None, 64, "the dataparser gives no sparse depth"),
+            ([torch.zeros(0, 4)] * count, 64, "no training image has sparse points"),
+            ([torch.tensor([[10.0, 10.0, 2.0, 1.0]])] * count, 0, "depth_rays_per_batch is 0"),
+        ):
+            metadata.pop(SPARSE_DEPTH_KEY, None)
+            if per_image is not None:
+                metadata[SPARSE_DEPTH_KEY] = per_image
+            datamanager.config.depth_rays_per_batch = rays
+            capsys.readouterr()
+            assert datamanager._collect_sparse_depth() is None
+            printed = " ".join(capsys.readouterr().out.split())
+            assert printed.count("DS-NeRF depth loss off") == 1 and reason in printed, printed
+    finally:
+        metadata.pop(SPARSE_DEPTH_KEY, None)
+        datamanager.config.depth_rays_per_batch = 64
+        datamanager.sparse_depth = None

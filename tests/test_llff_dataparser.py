@@ -19,6 +19,7 @@ from relsnerf_ns.llff_dataparser import (
     LLFFDataParserConfig,
     LLFFMissingFileError,
 )
+from relsnerf_ns.phases import Phase
 
 WIDTH, HEIGHT, FOCAL = 40, 30, 35.0  # full-size images (images/); images_2/ holds 20x15 copies
 NUM_IMAGES, NUM_POINTS = 17, 300
@@ -272,7 +273,7 @@ def test_clear_errors(llff, tmp_path):
     with pytest.raises(LLFFDataError, match="17 poses but .*images_2 has 16 images"):
         parse(scene, downscale_factor=2)
     (scene / "images" / "image003.png").write_bytes(b"not a png")
-    with pytest.raises(LLFFDataError, match=r"cannot read image .*image003\.png"):
+    with pytest.raises(LLFFDataError, match=r"cannot read image .*image003\.png.*Replace it .*poses_bounds\.npy"):
         parse(scene, downscale_factor=1)
     (scene / "poses_bounds.npy").unlink()
     with pytest.raises(FileNotFoundError, match="no poses_bounds.npy in"):
@@ -284,3 +285,29 @@ def test_registered_as_llff_data():
 
     dataparsers, descriptions = discover_dataparsers()
     assert isinstance(dataparsers["llff-data"], LLFFDataParserConfig) and "LLFF" in descriptions["llff-data"]
+
+
+def test_pipeline_without_sparse_depth_has_no_depth_loss_and_one_message(llff, tmp_path, capsys):
+    """The dataparser says once that depth supervision is off; the datamanager and phase B add nothing."""
+    from .conftest import tiny_config
+
+    runs = {}
+    for name, remove_sparse in (("with_sparse", False), ("without_sparse", True)):
+        scene = tmp_path / name
+        shutil.copytree(llff["root"], scene)
+        if remove_sparse:
+            shutil.rmtree(scene / "sparse")
+        config = tiny_config("relsnerf-r32", scene, tmp_path / "out")
+        config.pipeline.datamanager.dataparser = LLFFDataParserConfig(data=scene, downscale_factor=1)
+        capsys.readouterr()
+        pipeline = config.pipeline.setup(device="cpu", test_mode="val")
+        step = pipeline.schedule.start_of(Phase.JOINT)
+        _, loss_dict, _ = pipeline.get_train_loss_dict(step)
+        runs[name] = (pipeline, loss_dict, " ".join(capsys.readouterr().out.split()))
+    pipeline, loss_dict, printed = runs["with_sparse"]
+    assert "depth_loss" in loss_dict and float(loss_dict["depth_loss"]) > 0  # the control: depth supervises
+    assert "depth supervision is off" not in printed and "DS-NeRF depth loss on" in printed
+    pipeline, loss_dict, printed = runs["without_sparse"]
+    assert pipeline.datamanager.sparse_depth is None and pipeline.datamanager.next_depth_rays() is None
+    assert "depth_loss" not in loss_dict and "patch_loss" in loss_dict
+    assert printed.count("depth supervision is off") == 1 and "DS-NeRF depth loss" not in printed

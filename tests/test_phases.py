@@ -98,6 +98,57 @@ def test_interpolated_cameras_stay_inside_their_triplet_with_valid_rotations():
     torch.testing.assert_close(again.camera_to_worlds, out.camera_to_worlds)
 
 
-def test_triplets_need_three_cameras():
-    with pytest.raises(ValueError, match="at least 3 training cameras"):
-        sample_triplets(2, 4, torch.Generator().manual_seed(0))
+def line_of_cameras(n):
+    c2w = torch.eye(4)[:3].repeat(n, 1, 1)
+    c2w[:, 0, 3] = torch.arange(n, dtype=torch.float32)  # centres at x = 0, 1, ...
+    return c2w, Cameras(camera_to_worlds=c2w, fx=50.0, fy=50.0, cx=32.0, cy=24.0, width=64, height=48)
+
+
+def test_two_cameras_interpolate_along_their_segment_and_say_so_once(capsys):
+    c2w, cams = line_of_cameras(2)
+    c2w[1, :, :3] = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])  # 90 degrees about y
+    cams.camera_to_worlds = c2w
+    out, triplets, weights = interpolated_cameras(cams, 50, seed=0)
+    assert len(out) == 50
+    assert set(triplets[:, :2].flatten().tolist()) == {0, 1} and (triplets[:, 0] == triplets[:, 2]).all()
+    assert (triplets[:, 0] != triplets[:, 1]).all()
+    torch.testing.assert_close(weights[:, 2], torch.zeros(50))
+    torch.testing.assert_close(weights.sum(-1), torch.ones(50))
+    centres = out.camera_to_worlds[..., 3]
+    # Every centre on the segment x in [0, 1], at the fraction its weight says.
+    torch.testing.assert_close(centres[:, 1:], torch.zeros(50, 2))
+    expected_x = torch.where(triplets[:, 0] == 1, weights[:, 0], weights[:, 1])
+    torch.testing.assert_close(centres[:, 0], expected_x)
+    assert 0.1 < float(centres[:, 0].std()) < 0.5  # spread along the segment, not stuck at one end
+    rot = out.camera_to_worlds[..., :3]
+    torch.testing.assert_close(torch.det(rot), torch.ones(50), atol=1e-5, rtol=0)
+    text = " ".join(capsys.readouterr().out.split())
+    assert text.count("only 2 training cameras") == 1 and "along the segment" in text
+
+
+def test_one_camera_is_used_as_it_is_and_said_once(capsys):
+    c2w, cams = line_of_cameras(1)
+    out, triplets, weights = interpolated_cameras(cams, 64, seed=0)
+    assert len(out) == 1  # 64 renders of the same view would be the same image
+    torch.testing.assert_close(out.camera_to_worlds, c2w)
+    assert triplets.tolist() == [[0, 0, 0]] and weights.tolist() == [[1.0, 0.0, 0.0]]
+    assert int(out.width) == 64 and int(out.height) == 48
+    assert " ".join(capsys.readouterr().out.split()).count("single training camera") == 1
+
+
+def test_camera_tuples_need_at_least_one_camera():
+    with pytest.raises(ValueError, match="at least 2 training cameras"):
+        sample_triplets(1, 4, torch.Generator().manual_seed(0))
+    c2w, cams = line_of_cameras(2)
+    with pytest.raises(ValueError, match="at least one training camera"):
+        interpolated_cameras(cams[:0], 4, seed=0)
+
+
+def test_phase_c_makes_one_render_for_a_single_training_camera(tmp_path):
+    from relsnerf_ns.distill_renders import DistillRenders
+
+    _, cams = line_of_cameras(1)
+    renders = DistillRenders(cams, count=5, seed=0, directory=tmp_path)
+    renders.build(lambda camera: torch.full((int(camera.height), int(camera.width), 3), 0.5))
+    assert len(renders.images) == 1 and renders.images[0].shape == (48, 64, 3)
+    assert [p.name for p in tmp_path.glob("render_*.png")] == ["render_0000.png"]

@@ -9,13 +9,68 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Literal, Tuple, Type
+from typing import List, Literal, Optional, Tuple, Type
 
 from jaxtyping import Float
 from torch import Tensor, nn
 
 from relsnerf_ns.autoencoders.base import AutoencoderConfig, LatentAutoencoder, check_image_batch, to_signed, to_unit
-from relsnerf_ns.autoencoders.weights import PretrainedWeightsError
+from relsnerf_ns.autoencoders.weights import PretrainedWeightsError, mismatch_report, read_state_dict
+
+HOW_TO_SUPPLY = (
+    "Supply it as a local directory: on a machine with internet run\n"
+    "  huggingface-cli download stabilityai/sd-vae-ft-mse --local-dir sd-vae-ft-mse\n"
+    "copy the folder here and pass  --pipeline.model.autoencoder.pretrained /path/to/sd-vae-ft-mse\n"
+    "(a full Stable Diffusion directory with a vae/ subfolder works too)."
+)
+WEIGHT_FILES = (
+    "diffusion_pytorch_model.safetensors",
+    "diffusion_pytorch_model.bin",
+    "diffusion_pytorch_model.fp16.safetensors",
+    "diffusion_pytorch_model.fp16.bin",
+)
+
+
+def _weights_mismatch(source: str, subfolder: Optional[str], detail: str) -> PretrainedWeightsError:
+    """The error for weights that do not fit the architecture of their config.json: which tensors, with shapes."""
+    from diffusers import AutoencoderKL
+
+    directory = Path(source).expanduser() / (subfolder or "")
+    report: List[str] = []
+    if directory.is_dir():
+        try:
+            expected = AutoencoderKL.from_config(AutoencoderKL.load_config(str(directory))).state_dict()
+            weights = next(directory / name for name in WEIGHT_FILES if (directory / name).is_file())
+            report = mismatch_report(expected, read_state_dict(weights, "Stable Diffusion VAE", ""))
+        except Exception:  # fall back to diffusers' own description
+            report = []
+    where = str(directory) if directory.is_dir() else f"{source} (subfolder={subfolder})"
+    return PretrainedWeightsError(
+        f"Stable Diffusion VAE: the weights in '{where}' do not match the architecture its config.json describes "
+        "(another model's weights, or a config.json of another model).\n"
+        + ("\n".join(report) if report else f"  {detail}")
+        + "\nUse the config.json that came with these weights, or download the VAE again.\n"
+        + HOW_TO_SUPPLY
+    )
+
+
+def _from_pretrained(source: str, subfolder: Optional[str], local_only: bool):
+    """diffusers' loading, made strict: without `accelerate`, diffusers fills missing weights with random values
+    (and only logs it), and reports wrong shapes with a RuntimeError that says nothing about how to fix it."""
+    from diffusers import AutoencoderKL
+
+    try:
+        vae, info = AutoencoderKL.from_pretrained(
+            source, subfolder=subfolder, local_files_only=local_only, output_loading_info=True
+        )
+    except (RuntimeError, ValueError) as error:  # the type and wording depend on whether accelerate is installed
+        if any(text in str(error).lower() for text in ("size mismatch", "missing key", "are missing", "mismatched")):
+            raise _weights_mismatch(source, subfolder, str(error).splitlines()[0]) from error
+        raise
+    if info.get("missing_keys") or info.get("mismatched_keys"):
+        detail = f"missing: {info.get('missing_keys', [])[:8]}; mis-shaped: {info.get('mismatched_keys', [])[:8]}"
+        raise _weights_mismatch(source, subfolder, detail)
+    return vae
 
 
 @dataclass
@@ -40,8 +95,6 @@ class StableDiffusionVAEConfig(AutoencoderConfig):
 
 def load_autoencoder_kl(source: str):
     """Load a diffusers AutoencoderKL from a local directory or the hub cache, or explain how to supply it."""
-    from diffusers import AutoencoderKL
-
     path = Path(source).expanduser()
     attempts = []
     if path.exists():
@@ -53,21 +106,24 @@ def load_autoencoder_kl(source: str):
         subfolders = [None, "vae"] if (path / "config.json").exists() else ["vae", None]
         for subfolder in subfolders:
             try:
-                return AutoencoderKL.from_pretrained(str(path), subfolder=subfolder, local_files_only=True)
+                return _from_pretrained(str(path), subfolder, local_only=True)
+            except PretrainedWeightsError:
+                raise
             except (OSError, ValueError, EnvironmentError) as error:
                 attempts.append(f"{path}{'/' + subfolder if subfolder else ''}: {error}")
     else:
         for subfolder, local_only in ((None, True), ("vae", True), (None, False), ("vae", False)):
             try:
-                return AutoencoderKL.from_pretrained(source, subfolder=subfolder, local_files_only=local_only)
+                return _from_pretrained(source, subfolder, local_only)
+            except PretrainedWeightsError:
+                raise
             except Exception as error:  # hub errors come in many types (offline, missing repo, missing file)
                 attempts.append(f"{source} (subfolder={subfolder}, local_only={local_only}): {type(error).__name__}")
     raise PretrainedWeightsError(
         f"Could not load the Stable Diffusion VAE from '{source}'.\n"
-        "Supply it as a local directory: on a machine with internet run\n"
-        "  huggingface-cli download stabilityai/sd-vae-ft-mse --local-dir sd-vae-ft-mse\n"
-        "copy the folder here and pass  --pipeline.model.autoencoder.pretrained /path/to/sd-vae-ft-mse\n"
-        "(a full Stable Diffusion directory with a vae/ subfolder works too).\nTried:\n  " + "\n  ".join(attempts)
+        + HOW_TO_SUPPLY
+        + "\nTried:\n  "
+        + "\n  ".join(attempts)
     )
 
 

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Literal, Type
+from typing import Dict, List, Literal, Type
 
 import torch
 from torch import Tensor, nn
 
 from relsnerf_ns.autoencoders.base import AutoencoderConfig, LatentAutoencoder
-from relsnerf_ns.autoencoders.weights import PretrainedWeightsError, load_state_dict_strictly, read_state_dict
+from relsnerf_ns.autoencoders.weights import (
+    PretrainedWeightsError,
+    load_state_dict_strictly,
+    mismatch_report,
+    read_state_dict,
+)
 
 
 def conv3x3(n_in: int, n_out: int, bias: bool = True, stride: int = 1) -> nn.Conv2d:
@@ -89,6 +94,59 @@ def tiny_decoder(latent_channels: int, width: int, group_norm_pool: bool) -> nn.
     )
 
 
+def _layer_index(key: str) -> int:
+    head = key.split(".", 1)[0]
+    return int(head) if head.isdigit() else -1
+
+
+def describe_tiny_weights(state: Dict[str, Tensor], part: Literal["encoder", "decoder"], config) -> List[str]:
+    """What a state dict that failed to load seems to be, and the settings that would fit it (taesd.py layout)."""
+    hints: List[str] = []
+    prefixes = sorted({k.split(".", 1)[0] for k in state if not k.split(".", 1)[0].isdigit()})
+    if prefixes:
+        return [
+            f"its keys start with {', '.join(repr(p + '.') for p in prefixes[:4])} rather than layer numbers: it is "
+            "not a taesd.py state dict (a combined or diffusers AutoencoderTiny checkpoint?); use taesd.py's separate "
+            "*_encoder.pth and *_decoder.pth files."
+        ]
+    first = state.get("0.weight")
+    looks_like_encoder = first is not None and first.ndim == 4 and first.shape[1] == 3  # conv3x3(3, width)
+    looks_like_decoder = first is None and "1.weight" in state  # Clamp() has no weights; then conv3x3(latent, width)
+    if part == "decoder" and looks_like_encoder:
+        return ["it looks like an ENCODER file (its first layer takes 3 image channels): swap the two paths?"]
+    if part == "encoder" and looks_like_decoder:
+        return ["it looks like a DECODER file (its first layer is a latent soft clamp): swap the two paths?"]
+    flag = "--pipeline.model.autoencoder."
+    found: Dict[str, object] = {}
+    convs = [k for k in state if k.endswith(".weight") and state[k].ndim == 4]
+    if part == "encoder" and looks_like_encoder and convs:
+        last = max(convs, key=_layer_index)  # the final conv3x3(width, latent_channels)
+        found["latent-channels"], found["width"] = int(state[last].shape[0]), int(first.shape[0])  # type: ignore
+    elif part == "decoder" and looks_like_decoder and state["1.weight"].ndim == 4:
+        found["width"], found["latent-channels"] = (int(n) for n in state["1.weight"].shape[:2])
+    else:
+        shapes = ", ".join(f"{k} {tuple(state[k].shape)}" for k in sorted(state, key=_layer_index)[:2])
+        return [
+            f"it is not a taesd.py {part} (its first layers are {shapes or 'absent'}): pass the {part} file of a "
+            "TAESD-family model."
+        ]
+    found["group-norm-pool"] = any(".pool." in k for k in state)
+    configured = {
+        "latent-channels": config.latent_channels,
+        "width": config.width,
+        "group-norm-pool": config.group_norm_pool,
+    }
+    differing = [f"{flag}{name} {value}" for name, value in found.items() if configured[name] != value]
+    if differing:
+        hints.append(
+            f"the file looks like a TAESD-family {part} with latent-channels={found.get('latent-channels', '?')}, "
+            f"width={found.get('width', '?')}, group-norm-pool={found['group-norm-pool']}; if it is the model you "
+            f"want, run with {' '.join(differing)} (TAESD/TAESDXL: 4 channels, no pool; TAESD3/TAEF1: 16; TAEF2: 32 "
+            "with pool)."
+        )
+    return hints
+
+
 @dataclass
 class TinyAutoencoderConfig(AutoencoderConfig):
     """A TAESD-family tiny autoencoder; defaults describe TAEF2 (FLUX.2 latents, 32 channels)."""
@@ -125,13 +183,17 @@ class TinyAutoencoder(LatentAutoencoder):
                 "--pipeline.model.autoencoder.decoder-weights PATH (for TAEF2: taef2_encoder.pth / taef2_decoder.pth "
                 "from github.com/madebyollin/taesd)."
             )
-            for module, path, what in (
-                (self.encoder, config.encoder_weights, "tiny autoencoder encoder"),
-                (self.decoder, config.decoder_weights, "tiny autoencoder decoder"),
+            for module, path, part in (
+                (self.encoder, config.encoder_weights, "encoder"),
+                (self.decoder, config.decoder_weights, "decoder"),
             ):
+                what = f"tiny autoencoder {part}"
                 state = read_state_dict(path, what, how)
                 state = {k: v.float() for k, v in state.items()}  # released weights are float16
-                load_state_dict_strictly(module, state, path, what)
+                hints = (
+                    describe_tiny_weights(state, part, config) if mismatch_report(module.state_dict(), state) else []
+                )
+                load_state_dict_strictly(module, state, path, what, how, hints)
 
 
 __all__ = ["PretrainedWeightsError", "TinyAutoencoder", "TinyAutoencoderConfig"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict
+from typing import Dict, List, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -34,23 +34,44 @@ def read_state_dict(path: Path, what: str, how_to_supply: str) -> Dict[str, Tens
     return state
 
 
-def load_state_dict_strictly(module: nn.Module, state: Dict[str, Tensor], source: Path, what: str) -> None:
-    """Load every tensor with matching shapes, or name the missing, unexpected and mis-shaped keys."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
+def mismatch_report(expected: Mapping[str, Tensor], found: Mapping[str, Tensor], limit: int = 8) -> List[str]:
+    """Lines naming the mis-shaped, missing and unexpected parameters (first `limit` of each), with their shapes."""
+
+    def shown(items: List[str]) -> str:
+        return "; ".join(items[:limit]) + (f" ... ({len(items)} in all)" if len(items) > limit else "")
+
     mis_shaped = [
-        f"{k}: file {tuple(state[k].shape)} vs expected {tuple(own[k].shape)}"
-        for k in sorted(set(own) & set(state))
-        if own[k].shape != state[k].shape
+        f"{k}: file {tuple(found[k].shape)} vs expected {tuple(expected[k].shape)}"
+        for k in sorted(set(expected) & set(found))
+        if tuple(expected[k].shape) != tuple(found[k].shape)
     ]
-    if missing or unexpected or mis_shaped:
-        lines = [f"{what}: '{source}' does not match the expected architecture."]
-        if mis_shaped:
-            lines.append("  shape mismatches: " + "; ".join(mis_shaped[:8]) + (" ..." if len(mis_shaped) > 8 else ""))
-        if missing:
-            lines.append("  missing keys: " + ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else ""))
-        if unexpected:
-            lines.append("  unexpected keys: " + ", ".join(unexpected[:8]) + (" ..." if len(unexpected) > 8 else ""))
+    missing = [f"{k} {tuple(expected[k].shape)}" for k in sorted(set(expected) - set(found))]
+    unexpected = [f"{k} {tuple(found[k].shape)}" for k in sorted(set(found) - set(expected))]
+    lines = []
+    if mis_shaped:
+        lines.append("  shape mismatches: " + shown(mis_shaped))
+    if missing:
+        lines.append("  missing keys (expected shape): " + shown(missing))
+    if unexpected:
+        lines.append("  unexpected keys (shape in the file): " + shown(unexpected))
+    return lines
+
+
+def load_state_dict_strictly(
+    module: nn.Module,
+    state: Dict[str, Tensor],
+    source: Path,
+    what: str,
+    how_to_supply: str = "",
+    hints: Sequence[str] = (),
+) -> None:
+    """Load every tensor with matching shapes, or name the missing, unexpected and mis-shaped keys with their shapes,
+    what the file seems to hold (`hints`) and how to supply the right weights."""
+    lines = mismatch_report(module.state_dict(), state)
+    if lines:
+        lines.insert(0, f"{what}: '{source}' does not match the expected architecture.")
+        lines += [f"  {hint}" for hint in hints]
+        if how_to_supply:
+            lines.append(how_to_supply)
         raise PretrainedWeightsError("\n".join(lines))
     module.load_state_dict(state, strict=True)
