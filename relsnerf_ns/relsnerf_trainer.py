@@ -159,9 +159,14 @@ class RelsNerfTrainer(Trainer):
 
     @profiler.time_function
     def train_iteration(self, step: int) -> TRAIN_INTERATION_OUTPUT:
-        """nerfstudio's iteration plus a finiteness check: a step with a NaN or infinite loss or gradient changes no
-        parameter, optimizer, scheduler or grad-scaler state. One host synchronisation per step (when a grad scaler
-        is in use it checks the gradients itself, as nerfstudio relies on)."""
+        """nerfstudio's iteration plus a finiteness check of the loss and of every gradient the step would apply.
+
+        A step with a NaN or infinite value changes no parameter, optimizer or scheduler state (all parameter groups
+        skip it together; a grad scaler alone would skip only the optimizers whose own gradients are not finite).
+        Under mixed precision the gradients are unscaled first and the scaler still lowers its scale after an
+        overflow; a non-finite loss leaves the scale as it was. Cost: one pass over the gradients and one host
+        synchronisation per step.
+        """
         if self._stop_signal is not None:
             self._stop_for_signal(step)
         self._state_at_step_start = self._resume_state()
@@ -174,22 +179,38 @@ class RelsNerfTrainer(Trainer):
             _, loss_dict, metrics_dict = self.pipeline.get_train_loss_dict(step=step)
             loss = functools.reduce(torch.add, loss_dict.values())
         self.grad_scaler.scale(loss).backward()  # type: ignore
-        needs_step = [
-            group for group in self.optimizers.parameters if step % accumulation[group] == accumulation[group] - 1
+        stepping = [
+            group
+            for group in self.optimizers.parameters
+            if step % accumulation[group] == accumulation[group] - 1 and self._gradients([group])
         ]
-
+        scaled = self.grad_scaler.is_enabled()
+        if scaled:
+            for group in stepping:
+                self.grad_scaler.unscale_(self.optimizers.optimizers[group])
         finite = torch.isfinite(loss.detach())
-        check_gradients = not self.grad_scaler.is_enabled()
-        if check_gradients:
-            grads = self._gradients(needs_step)
-            if grads:
-                finite = finite & torch.stack(torch._foreach_norm(grads)).isfinite().all()
+        grads = self._gradients(stepping)
+        if grads:
+            finite = finite & torch.stack(torch._foreach_norm(grads)).isfinite().all()
         if not bool(finite):
-            self._skip_nonfinite_step(step, self._nonfinite_reason(loss_dict, needs_step, check_gradients))
+            loss_is_finite = bool(torch.isfinite(loss.detach()))
+            reason = self._nonfinite_reason(loss_dict, stepping)
+            if scaled:
+                scale = self.grad_scaler.get_scale()
+                # Overflowing gradients: the scaler halves its scale as usual. A non-finite loss says nothing about
+                # the scale: keep it (update() also ends this step's unscale bookkeeping either way).
+                self.grad_scaler.update(None if loss_is_finite else scale)
+                if loss_is_finite:
+                    reason += f" at grad scale {scale:g}"
+            self._skip_nonfinite_step(step, reason)
             self._last_completed_step = step
             return loss, loss_dict, metrics_dict
 
-        self.optimizers.optimizer_scaler_step_some(self.grad_scaler, needs_step)
+        for group in stepping:
+            max_norm = self.optimizers.config[group]["optimizer"].max_norm
+            if max_norm is not None:  # gradients are unscaled at this point
+                torch.nn.utils.clip_grad_norm_(self.optimizers.parameters[group], max_norm)
+            self.grad_scaler.step(self.optimizers.optimizers[group])
         if self.config.log_gradients:
             total_grad = 0
             for tag, value in self.pipeline.model.named_parameters():
@@ -200,33 +221,23 @@ class RelsNerfTrainer(Trainer):
             metrics_dict["Gradients/Total"] = total_grad  # type: ignore
         scale = self.grad_scaler.get_scale()
         self.grad_scaler.update()
-        # A lower scale means the grad scaler found non-finite gradients and skipped the optimizer step: the
-        # scheduler stays too (as in nerfstudio), and the step counts as non-finite.
-        if scale <= self.grad_scaler.get_scale():
+        if scale <= self.grad_scaler.get_scale():  # as nerfstudio: no scheduler step when the scaler skipped one
             self.optimizers.scheduler_step_all(step)
-            self._nonfinite_streak = 0
-        else:
-            self._skip_nonfinite_step(
-                step, f"non-finite gradients at grad scale {scale:g} (the grad scaler skipped the step)"
-            )
+        self._nonfinite_streak = 0
         self._last_completed_step = step
         return loss, loss_dict, metrics_dict
 
     def _gradients(self, groups: List[str]) -> List[torch.Tensor]:
         return [p.grad for group in groups for p in self.optimizers.parameters[group] if p.grad is not None]
 
-    def _nonfinite_reason(self, loss_dict: Dict[str, torch.Tensor], groups: List[str], checked_gradients: bool) -> str:
+    def _nonfinite_reason(self, loss_dict: Dict[str, torch.Tensor], groups: List[str]) -> str:
         """What was not finite (computed on bad steps only)."""
         values = {name: float(value.detach()) for name, value in loss_dict.items()}
         bad_losses = {name: value for name, value in values.items() if not math.isfinite(value)}
         if bad_losses:
             return "non-finite loss (" + ", ".join(f"{name}={value}" for name, value in bad_losses.items()) + ")"
-        bad_groups = [
-            group
-            for group in groups
-            if checked_gradients and any(not bool(torch.isfinite(g).all()) for g in self._gradients([group]))
-        ]
-        return "non-finite gradients in " + ", ".join(bad_groups or ["the total loss"])
+        bad_groups = [g for g in groups if any(not bool(torch.isfinite(x).all()) for x in self._gradients([g]))]
+        return "non-finite gradients in " + ", ".join(bad_groups)
 
     def _skip_nonfinite_step(self, step: int, reason: str) -> None:
         """The update of `step` is not applied; stop with the last good state saved after too many in a row."""
