@@ -144,4 +144,5 @@ def test_ns_train_help_documents_the_options(method):
     ):
         assert option in text, option
     assert "skip phase C" in text and "gamma of eq. 4" in text  # field docstrings reach --help
-    assert "the run stops, naming the phase and step, with the last good state saved" in text
+    unboxed = " ".join(result.stdout.replace("│", " ").split())
+    assert "After this many such steps in a row the run stops, naming the phase and step" in unboxed
