@@ -25,7 +25,7 @@ import signal
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Type
+from typing import Any, Dict, List, Literal, Optional, Tuple, Type
 
 import torch
 from nerfstudio.engine.optimizers import Optimizers
@@ -35,7 +35,7 @@ from nerfstudio.utils.decorators import check_main_thread
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from relsnerf_ns.relsnerf_pipeline import RelsNerfPipeline, RelsNerfPipelineConfig
-from relsnerf_ns.rng_state import capture_rng_state, restore_rng_state
+from relsnerf_ns.rng_state import RngSnapshot, capture_rng_state, restore_rng_state, snapshot_rng_state
 from relsnerf_ns.schedulers import PhasedSchedulerConfig
 
 DISTILL_RENDER_DIR = "distill_renders"
@@ -75,7 +75,7 @@ class RelsNerfTrainer(Trainer):
         self._previous_handlers: Dict[int, Any] = {}
         self._last_completed_step: Optional[int] = None
         self._nonfinite_streak = 0
-        self._state_at_step_start: Optional[Dict[str, Any]] = None
+        self._state_at_step_start: Optional[Tuple[RngSnapshot, Dict[str, Any]]] = None
         self._state_before_streak: Optional[Dict[str, Any]] = None
 
     def setup(self, test_mode: Literal["test", "val", "inference"] = "val") -> None:
@@ -169,7 +169,8 @@ class RelsNerfTrainer(Trainer):
         """
         if self._stop_signal is not None:
             self._stop_for_signal(step)
-        self._state_at_step_start = self._resume_state()
+        # Cheap references (converted only if this step starts a run of non-finite steps that ends the run).
+        self._state_at_step_start = (snapshot_rng_state(), self.pipeline.resume_state())
         accumulation = self.gradient_accumulation_steps
         needs_zero = [group for group in self.optimizers.parameters if step % accumulation[group] == 0]
         self.optimizers.zero_grad_some(needs_zero)
@@ -243,7 +244,7 @@ class RelsNerfTrainer(Trainer):
         """The update of `step` is not applied; stop with the last good state saved after too many in a row."""
         self.optimizers.zero_grad_all()  # nothing of this step may reach a later one
         if self._nonfinite_streak == 0:
-            self._state_before_streak = self._state_at_step_start
+            self._state_before_streak = self._resume_state(at_step_start=True)
         self._nonfinite_streak += 1
         limit = self.config.max_consecutive_nonfinite_steps
         phase = self.pipeline.schedule.phase_at(step)
@@ -273,7 +274,12 @@ class RelsNerfTrainer(Trainer):
         raise NonFiniteLossError(message)
 
     # ------------------------------------------------------------------ checkpoints
-    def _resume_state(self) -> Dict[str, Any]:
+    def _resume_state(self, at_step_start: bool = False) -> Dict[str, Any]:
+        """What a checkpoint needs besides nerfstudio's states: now, or as the current step found it."""
+        if at_step_start:
+            assert self._state_at_step_start is not None
+            rng, pipeline = self._state_at_step_start
+            return {"rng": capture_rng_state(rng), "pipeline": pipeline}
         return {"rng": capture_rng_state(), "pipeline": self.pipeline.resume_state()}
 
     def _restore_resume_state(self, state: Dict[str, Any]) -> None:
