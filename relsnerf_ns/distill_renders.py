@@ -1,15 +1,21 @@
 """Phase C's RGB-NeRF renders at interpolated cameras, made once and kept in the run directory.
 
-Each render is written as its own PNG (to a temporary name, then renamed) next to a manifest of the cameras, so an
-interrupted build resumes where it stopped and a resumed run reuses the renders instead of making them again.
+Each render is written as its own PNG (to a temporary name, then renamed) next to a manifest (`cameras.json`) of the
+cameras and of the NeRF they were rendered from, so an interrupted build resumes where it stopped and a resumed run
+reuses the renders instead of making them again. On reuse every file is checked: a render is made again when its PNG
+is missing, truncated or otherwise unreadable, of the wrong size, or made for another camera (or from another NeRF,
+e.g. a run resumed with other step counts); the others are kept. One message says what was reused and what is made.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
+from collections import Counter
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 import numpy as np
 import torch
@@ -23,20 +29,32 @@ from torch import Tensor
 from relsnerf_ns.camera_interpolation import interpolated_cameras
 
 MANIFEST = "cameras.json"
+MANIFEST_VERSION = 2
+RENDER_NAME = re.compile(r"render_(\d+)\.png")
+MISSING = "missing"
 
 
-def camera_manifest(cameras: Cameras, seed: int) -> dict:
+def camera_entry(cameras: Cameras, index: int) -> Dict[str, Any]:
     return {
-        "seed": seed,
-        "count": len(cameras),
-        "camera_to_worlds": cameras.camera_to_worlds.tolist(),
-        "fx": cameras.fx.flatten().tolist(),
-        "fy": cameras.fy.flatten().tolist(),
-        "cx": cameras.cx.flatten().tolist(),
-        "cy": cameras.cy.flatten().tolist(),
-        "width": cameras.width.flatten().tolist(),
-        "height": cameras.height.flatten().tolist(),
+        "camera_to_world": cameras.camera_to_worlds[index].tolist(),
+        "fx": float(cameras.fx[index]),
+        "fy": float(cameras.fy[index]),
+        "cx": float(cameras.cx[index]),
+        "cy": float(cameras.cy[index]),
+        "width": int(cameras.width[index]),
+        "height": int(cameras.height[index]),
     }
+
+
+def camera_manifest(cameras: Cameras, seed: int, nerf_fingerprint: Optional[float] = None) -> Dict[str, Any]:
+    """What the renders were made for: one entry per camera, the seed, and a fingerprint of the rendering NeRF."""
+    manifest = {
+        "version": MANIFEST_VERSION,
+        "seed": seed,
+        "nerf_fingerprint": nerf_fingerprint,
+        "cameras": [camera_entry(cameras, index) for index in range(len(cameras))],
+    }
+    return json.loads(json.dumps(manifest))  # as it reads back from the file
 
 
 def write_png_atomically(path: Path, image: Float[Tensor, "H W 3"]) -> None:
@@ -47,48 +65,103 @@ def write_png_atomically(path: Path, image: Float[Tensor, "H W 3"]) -> None:
 
 
 def read_png(path: Path) -> Optional[Tensor]:
+    """The image as float RGB [H, W, 3], or None when the file is missing, truncated or damaged."""
     try:
         with Image.open(path) as image:
+            image.verify()  # every chunk's checksum, through to the end of the file
+        with Image.open(path) as image:
             return torch.from_numpy(np.array(image.convert("RGB"))).float() / 255.0
+    except Exception:  # PIL raises OSError, SyntaxError, ValueError, zlib and struct errors for damaged files
+        return None
+
+
+def _read_manifest(path: Path) -> Optional[Dict[str, Any]]:
+    try:
+        manifest = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def _same_nerf(a: Any, b: Any) -> bool:
+    """Fingerprints agree (to float summation-order noise), or neither run recorded one."""
+    if a is None or b is None:
+        return a is None and b is None
+    return math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=1e-9)
 
 
 class DistillRenders:
     """`count` RGB-NeRF renders at cameras interpolated inside random triplets of the training cameras."""
 
-    def __init__(self, train_cameras: Cameras, count: int, seed: int, directory: Optional[Path]) -> None:
+    def __init__(
+        self,
+        train_cameras: Cameras,
+        count: int,
+        seed: int,
+        directory: Optional[Path],
+        nerf_fingerprint: Optional[float] = None,
+    ) -> None:
         self.cameras, self.triplets, self.weights = interpolated_cameras(train_cameras, count, seed)
         self.seed = seed
         self.directory = directory
+        self.nerf_fingerprint = nerf_fingerprint
         self.images: List[Tensor] = []
 
     def path(self, index: int) -> Path:
         assert self.directory is not None
         return self.directory / f"render_{index:04d}.png"
 
+    def _stale_indices(self, manifest: Dict[str, Any]) -> Tuple[Set[int], str]:
+        """Indices whose files on disk, if any, were made for something else than `manifest`, and why."""
+        assert self.directory is not None
+        count = len(self.cameras)
+        found = _read_manifest(self.directory / MANIFEST)
+        if found is None:
+            return set(range(count)), "without a readable cameras.json"
+        if found.get("version") != MANIFEST_VERSION or found.get("seed") != manifest["seed"]:
+            return set(range(count)), "made for other cameras"
+        if not _same_nerf(found.get("nerf_fingerprint"), manifest["nerf_fingerprint"]):
+            return set(range(count)), "made from another NeRF"
+        old = found.get("cameras") if isinstance(found.get("cameras"), list) else []
+        return {i for i in range(count) if i >= len(old) or old[i] != manifest["cameras"][i]}, "made for other cameras"
+
     def build(self, render: Callable[[Cameras], Tensor]) -> None:
-        """Load the renders found on disk (when made for the same cameras), render the missing ones."""
-        manifest = camera_manifest(self.cameras, self.seed)
-        reusable = False
-        if self.directory is not None:
+        """Load the renders found on disk that are complete and match, render the missing, damaged or stale ones."""
+        count = len(self.cameras)
+        todo: Dict[int, str] = {}  # index -> why it is made (again)
+        self.images = [torch.empty(0)] * count
+        if self.directory is None:
+            todo = {index: MISSING for index in range(count)}
+        else:
             self.directory.mkdir(parents=True, exist_ok=True)
-            manifest_path = self.directory / MANIFEST
-            if manifest_path.exists():
-                try:
-                    reusable = json.loads(manifest_path.read_text()) == json.loads(json.dumps(manifest))
-                except (OSError, ValueError):
-                    reusable = False
-                if not reusable:
-                    CONSOLE.print(f"[yellow]{self.directory}: renders were made for other cameras; making them again.")
-            if not reusable:
-                for old in self.directory.glob("render_*.png"):
+            manifest = camera_manifest(self.cameras, self.seed, self.nerf_fingerprint)
+            stale, why = self._stale_indices(manifest)
+            # Stale files go before the new manifest is written, so a kill in between never pairs them with it.
+            for old in self.directory.glob("render_*.png"):
+                match = RENDER_NAME.fullmatch(old.name)
+                if match is None or int(match.group(1)) >= count or int(match.group(1)) in stale:
+                    if match is not None and int(match.group(1)) in stale:
+                        todo[int(match.group(1))] = why
                     old.unlink()
-                tmp = manifest_path.with_name(MANIFEST + ".tmp")
+            if _read_manifest(self.directory / MANIFEST) != manifest:
+                tmp = self.directory / (MANIFEST + ".tmp")
                 tmp.write_text(json.dumps(manifest))
-                os.replace(tmp, manifest_path)
-        self.images = []
-        reused = 0
+                os.replace(tmp, self.directory / MANIFEST)
+            for index in range(count):
+                if index in todo:
+                    continue
+                path = self.path(index)
+                image = read_png(path) if index not in stale else None
+                height, width = int(self.cameras.height[index]), int(self.cameras.width[index])
+                if image is None:
+                    todo[index] = MISSING if not path.exists() else "unreadable or truncated"
+                elif tuple(image.shape[:2]) != (height, width):
+                    todo[index] = "of the wrong size"
+                else:
+                    self.images[index] = image
+        self._report(count, todo)
+        if not todo:
+            return
         with Progress(
             TextColumn("[bold]Phase C: RGB-NeRF renders at interpolated cameras"),
             BarColumn(),
@@ -97,23 +170,24 @@ class DistillRenders:
             console=CONSOLE,
             transient=True,
         ) as progress:
-            task = progress.add_task("renders", total=len(self.cameras))
-            for index in range(len(self.cameras)):
-                image = read_png(self.path(index)) if self.directory is not None and reusable else None
-                if image is not None and tuple(image.shape[:2]) == (
-                    int(self.cameras.height[index]),
-                    int(self.cameras.width[index]),
-                ):
-                    reused += 1
-                else:
-                    image = render(self.cameras[index : index + 1]).detach().cpu().float().clamp(0, 1)
-                    if self.directory is not None:
-                        write_png_atomically(self.path(index), image)
-                    # Keep exactly what a resumed run would read back from the PNG.
-                    image = (image * 255.0 + 0.5).floor() / 255.0
-                self.images.append(image)
+            task = progress.add_task("renders", total=len(todo))
+            for index in sorted(todo):
+                image = render(self.cameras[index : index + 1]).detach().cpu().float().clamp(0, 1)
+                if self.directory is not None:
+                    write_png_atomically(self.path(index), image)
+                # Keep exactly what a resumed run would read back from the PNG.
+                self.images[index] = (image * 255.0 + 0.5).floor() / 255.0
                 progress.advance(task)
-        where = f" in {self.directory}" if self.directory is not None else ""
-        CONSOLE.print(
-            f"Phase C renders ready{where}: {len(self.images)} ({reused} reused, {len(self.images) - reused} new)."
-        )
+
+    def _report(self, count: int, todo: Dict[int, str]) -> None:
+        """The one message about the renders: how many are reused, how many made, and why."""
+        where = f"in {self.directory}" if self.directory is not None else "(kept in memory only)"
+        reused = count - len(todo)
+        if reused == count:
+            CONSOLE.print(f"Phase C renders: all {count} reused from {self.directory}.")
+        elif reused == 0 and set(todo.values()) == {MISSING}:
+            CONSOLE.print(f"Phase C renders: making {count} {where}.")
+        else:
+            reasons = Counter(todo.values())
+            details = ", ".join(f"{n} {why}" for why, n in sorted(reasons.items()))
+            CONSOLE.print(f"[yellow]Phase C renders {where}: {reused} reused, {len(todo)} made again ({details}).")

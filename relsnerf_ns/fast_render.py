@@ -152,6 +152,8 @@ class LatentFrameRenderer:
                 return self._frame(rays)
             try:
                 captured = self._capture(rays)
+            except torch.OutOfMemoryError:
+                raise  # not a capture problem: the model falls back to smaller chunks (graphs stay on)
             except RuntimeError as error:  # an op that cannot be captured: render eagerly from now on
                 self._graphs_failed = True
                 CONSOLE.print(f"[yellow]CUDA graph capture failed ({error}); rendering without graphs.")

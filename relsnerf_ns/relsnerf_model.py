@@ -6,7 +6,7 @@ import contextlib
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Literal, Optional, Tuple, Type
+from typing import Any, Dict, Iterator, List, Literal, Optional, Sequence, Tuple, Type
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,7 @@ from nerfstudio.data.scene_box import OrientedBox
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
 from nerfstudio.utils import colormaps
+from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 from torch.nn import Parameter
 
@@ -26,6 +27,7 @@ from relsnerf_ns.fast_render import LatentFrameRenderer
 from relsnerf_ns.hash_grid_kernel import use_fused_hash_grids
 from relsnerf_ns.image_metrics import OfflineLPIPS, image_metrics
 from relsnerf_ns.latent_rays import latent_ray_bundle
+from relsnerf_ns.out_of_memory import ShrinkingSize, decode_frame, free_cached_memory, render_in_chunks
 from relsnerf_ns.relsnerf_field import RelsNerfField, resolve_implementation
 from relsnerf_ns.viewer_controls import (
     RENDER_DECODED,
@@ -42,6 +44,57 @@ LATENT_DOWNSCALE = 8
 
 class CheckpointMismatchError(RuntimeError):
     """A checkpoint was trained with another method or autoencoder than the one being loaded into."""
+
+
+# The registered method of each autoencoder, to name configurations the way a user chose them.
+METHOD_OF_AUTOENCODER = {
+    "StableDiffusionVAE": "relsnerf",
+    "R32Autoencoder": "relsnerf-r32",
+    "TinyAutoencoder": "relsnerf-tiny",
+}
+
+
+def describe_identity(identity: Any) -> str:
+    """'relsnerf-r32 (RelsNerfModel, R32Autoencoder, 8 latent channels)' for a model identity (see `identity`)."""
+    if not isinstance(identity, dict):
+        return "no ReLS-NeRF model (e.g. a nerfacto checkpoint)"
+    autoencoder = identity.get("autoencoder", "?")
+    method = METHOD_OF_AUTOENCODER.get(autoencoder, "a ReLS-NeRF method")
+    return (
+        f"{method} ({identity.get('model', '?')}, autoencoder {autoencoder}, "
+        f"{identity.get('latent_channels', '?')} latent channels)"
+    )
+
+
+def describe_checkpoint_mismatch(
+    trained: Any,
+    configured: Dict[str, Any],
+    missing: Sequence[str] = (),
+    unexpected: Sequence[str] = (),
+    misshaped: Sequence[str] = (),
+) -> str:
+    """The message of a CheckpointMismatchError: both configurations, and which tensors do not fit."""
+    if isinstance(trained, dict) and trained == configured:
+        head = (
+            f"the checkpoint was trained with {describe_identity(trained)}, like this run, but with other sizes "
+            "(hash grids, MLP widths or autoencoder widths)"
+        )
+    else:
+        head = (
+            f"the checkpoint was trained with {describe_identity(trained)}; this run is {describe_identity(configured)}"
+        )
+    details = []
+    if missing or unexpected or misshaped:
+        details.append(f"{len(missing)} missing, {len(unexpected)} unexpected, {len(misshaped)} mis-shaped tensors")
+    for label, names in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+        if names:
+            details.append(f"e.g. {label} {sorted(names)[:3]}")
+    return (
+        head
+        + (": " + "; ".join(details) if details else "")
+        + ". Nothing was loaded: load it with the method and settings it was trained with (the config.yml beside its "
+        "checkpoint folder has them)."
+    )
 
 
 @dataclass
@@ -88,6 +141,10 @@ class RelsNerfModelConfig(NerfactoModelConfig):
     """With the fast path on a GPU: capture each resolution's frame as a CUDA graph (removes launch overhead)."""
     inference_half_precision_decoder: bool = True
     """With the fast path on a GPU: run the decoder under float16 autocast."""
+    decode_tile_halo: int = 24
+    """After the decoder ran out of GPU memory on a whole frame, frames are decoded in tiles; each tile is decoded with
+    this many latent pixels of its neighbours around it (at least the decoder's receptive radius for seamless tiles:
+    TAESD about 19, R32 about 8)."""
     viewer_start_at_training_camera: bool = True
     """Open each viewer client at the first training camera (viser's default pose often looks at empty space)."""
     camera_optimizer: CameraOptimizerConfig = field(default_factory=lambda: CameraOptimizerConfig(mode="off"))
@@ -148,6 +205,12 @@ class RelsNerfModel(NerfactoModel):
             cuda_graphs=self.config.inference_cuda_graphs,
             half_precision_decoder=self.config.inference_half_precision_decoder,
         )
+        # Work sizes that shrink when a frame runs out of GPU memory, and stay shrunk (see out_of_memory.py).
+        self.latent_ray_chunks = ShrinkingSize()
+        self.pixel_ray_chunks = ShrinkingSize()
+        self.decode_tiles = ShrinkingSize()
+        self.fast_path_max_rays: Optional[int] = None
+        """Frames with at least this many latent rays skip the fast path (one of them ran out of memory in it)."""
         # Viewer controls (nerfstudio's viewer collects ViewerElement attributes of the model).
         self.viewer_phase = phase_text()
         self.viewer_render_mode = render_mode_dropdown()
@@ -206,13 +269,40 @@ class RelsNerfModel(NerfactoModel):
     def _render_latent_bundle_chunked(self, bundle: RayBundle) -> Dict[str, Tensor]:
         rows, cols = bundle.shape
         flat = bundle.flatten()
-        chunk = self.config.eval_num_rays_per_chunk
-        pieces: Dict[str, List[Tensor]] = {}
-        for start in range(0, len(flat), chunk):
-            part = self.render_latents(flat[start : start + chunk].to(self.device), with_colour=True)
-            for key, value in part.items():
-                pieces.setdefault(key, []).append(value)
-        return {k: torch.cat(v).view(rows, cols, -1) for k, v in pieces.items()}
+        outputs = render_in_chunks(
+            len(flat),
+            self.config.eval_num_rays_per_chunk,
+            self.latent_ray_chunks,
+            lambda start, end: self.render_latents(flat[start:end].to(self.device), with_colour=True),
+            "rendering latent rays",
+        )
+        return {k: v.view(rows, cols, -1) for k, v in outputs.items()}
+
+    def decode_latent_frame(self, latent: Float[Tensor, "rows cols n"]) -> Float[Tensor, "3 H W"]:
+        """D(latent map) for inference: the whole map, or overlapping tiles once a frame ran out of GPU memory."""
+        batched = latent.permute(2, 0, 1)[None].contiguous()
+        return decode_frame(self.autoencoder.decode, batched, self.decode_tiles, self.config.decode_tile_halo)[0]
+
+    def _render_fast_frame(self, camera: Cameras, obb_box: Optional[OrientedBox]):
+        """The fast path's frame, or None when frames this large do not fit in GPU memory as one bundle."""
+        height, width = int(camera.height.flatten()[0]), int(camera.width.flatten()[0])
+        num_rays = math.ceil(height / LATENT_DOWNSCALE) * math.ceil(width / LATENT_DOWNSCALE)
+        if self.fast_path_max_rays is not None and num_rays >= self.fast_path_max_rays:
+            return None
+        try:
+            return self.frame_renderer(camera, obb_box=obb_box)
+        except torch.OutOfMemoryError:
+            pass
+        self.frame_renderer.clear()  # captured CUDA graphs hold memory pools of their own
+        free_cached_memory()
+        self.fast_path_max_rays = num_rays
+        self.latent_ray_chunks.shrink(num_rays)  # the chunked path starts below the size that failed
+        chunk = self.latent_ray_chunks(self.config.eval_num_rays_per_chunk)
+        CONSOLE.print(
+            f"[yellow]Out of GPU memory rendering a {width}x{height} frame as one bundle of {num_rays} latent rays: "
+            f"frames this large are rendered in chunks of at most {chunk} rays from now on."
+        )
+        return None
 
     @torch.no_grad()
     def render_latent_frame(
@@ -230,16 +320,37 @@ class RelsNerfModel(NerfactoModel):
     def render_decoded_outputs(self, camera: Cameras, obb_box: Optional[OrientedBox] = None) -> Dict[str, Tensor]:
         """The latent frame decoded to the full-resolution `rgb`; the other outputs upsampled x8."""
         height, width = int(camera.height.flatten()[0]), int(camera.width.flatten()[0])
-        if self.config.inference_path == "fast":
-            frame = self.frame_renderer(camera, obb_box=obb_box)
+        frame = self._render_fast_frame(camera, obb_box) if self.config.inference_path == "fast" else None
+        if frame is not None:
             low, decoded = frame.low, frame.decoded
-        else:
+        else:  # the plain path (chunks that shrink when out of GPU memory, tiled decoding when needed)
             low = self.render_latent_frame(camera, obb_box=obb_box)
-            decoded = self.decode_latent_map(low["latent"]).clamp(0.0, 1.0)
+            decoded = self.decode_latent_frame(low["latent"]).clamp(0.0, 1.0)
         outputs = {"rgb": decoded.permute(1, 2, 0)[:height, :width]}
         for key in ("rgb_nerf", "depth", "accumulation", "latent"):
             outputs[key] = upsample_latent_grid(low[key], height, width)
         return outputs
+
+    @torch.no_grad()
+    def get_outputs_for_camera_ray_bundle(self, camera_ray_bundle: RayBundle) -> Dict[str, Tensor]:
+        """nerfstudio's chunked per-pixel rendering (used by nerfacto's get_outputs_for_camera), with chunks that
+        shrink when out of GPU memory."""
+        input_device = camera_ray_bundle.directions.device
+        height, width = camera_ray_bundle.origins.shape[:2]
+
+        def render(start: int, end: int) -> Dict[str, Tensor]:
+            bundle = camera_ray_bundle.get_row_major_sliced_ray_bundle(start, end).to(self.device)
+            outputs = self.forward(ray_bundle=bundle)
+            return {k: v.to(input_device) for k, v in outputs.items() if isinstance(v, Tensor)}
+
+        outputs = render_in_chunks(
+            len(camera_ray_bundle),
+            self.config.eval_num_rays_per_chunk,
+            self.pixel_ray_chunks,
+            render,
+            "rendering the RGB-NeRF (one ray per pixel)",
+        )
+        return {k: v.view(height, width, -1) for k, v in outputs.items()}
 
     @torch.no_grad()
     def render_rgb_nerf_outputs(self, camera: Cameras, obb_box: Optional[OrientedBox] = None) -> Dict[str, Tensor]:
@@ -323,10 +434,7 @@ class RelsNerfModel(NerfactoModel):
     def set_extra_state(self, state: Any) -> None:
         expected = self.identity()
         if isinstance(state, dict) and state != expected:
-            raise CheckpointMismatchError(
-                f"the checkpoint was trained with {state}, but this run is configured with {expected}. "
-                "Load it with the method (and --pipeline.model.autoencoder settings) it was trained with."
-            )
+            raise CheckpointMismatchError(describe_checkpoint_mismatch(state, expected))
 
 
 def upsample_latent_grid(grid: Float[Tensor, "rows cols c"], height: int, width: int) -> Float[Tensor, "H W c"]:

@@ -31,7 +31,12 @@ from relsnerf_ns.relsnerf_datamanager import (
     largest_patch,
     random_patch,
 )
-from relsnerf_ns.relsnerf_model import CheckpointMismatchError, RelsNerfModel, RelsNerfModelConfig
+from relsnerf_ns.relsnerf_model import (
+    CheckpointMismatchError,
+    RelsNerfModel,
+    RelsNerfModelConfig,
+    describe_checkpoint_mismatch,
+)
 from relsnerf_ns.render_timing import timed
 
 
@@ -174,6 +179,7 @@ class RelsNerfPipeline(VanillaPipeline):
                 self.num_distill_renders,
                 self.config.distill_render_seed,
                 self.config.distill_render_dir,
+                nerf_fingerprint=self.nerf_fingerprint(),
             )
             was_training = model.training
             model.eval()
@@ -181,6 +187,12 @@ class RelsNerfPipeline(VanillaPipeline):
             model.train(was_training)
             self.distill_renders = renders
         return self.distill_renders
+
+    def nerf_fingerprint(self) -> float:
+        """Sum of |w| over the colour NeRF (proposal networks and fields): which NeRF phase C's renders came from."""
+        groups = self.relsnerf_model.get_param_groups()
+        parameters = [p for name in ("proposal_networks", "fields") for p in groups[name]]
+        return float(sum(float(p.detach().double().abs().sum()) for p in parameters))
 
     # ------------------------------------------------------------------ callbacks and evaluation
     def get_training_callbacks(
@@ -264,6 +276,8 @@ class RelsNerfPipeline(VanillaPipeline):
         )
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: Optional[bool] = True):
+        """Strict, and checked before anything is copied: a mismatch raises CheckpointMismatchError naming both
+        configurations (nerfstudio's pipeline would retry non-strictly, a silent partial load)."""
         model_state = {k[len("_model.") :]: v for k, v in state_dict.items() if k.startswith("_model.")}
         own = self.model.state_dict()
         missing = sorted(set(own) - set(model_state))
@@ -271,22 +285,30 @@ class RelsNerfPipeline(VanillaPipeline):
         shapes = [
             k for k in set(own) & set(model_state) if hasattr(own[k], "shape") and own[k].shape != model_state[k].shape
         ]
-        if missing or unexpected or shapes:
-            identity = model_state.get("_extra_state")
+        trained, configured = model_state.get("_extra_state"), self.relsnerf_model.identity()
+        if missing or unexpected or shapes or (isinstance(trained, dict) and trained != configured):
             raise CheckpointMismatchError(
-                "the checkpoint does not match this model"
-                + (
-                    f" (it was trained with {identity}; this run is {self.relsnerf_model.identity()})"
-                    if identity
-                    else ""
-                )
-                + f": {len(missing)} missing, {len(unexpected)} unexpected, {len(shapes)} mis-shaped tensors"
-                + (f"; e.g. missing {missing[:3]}" if missing else "")
-                + (f"; e.g. unexpected {unexpected[:3]}" if unexpected else "")
-                + (f"; e.g. mis-shaped {sorted(shapes)[:3]}" if shapes else "")
-                + ". Load it with the method and autoencoder settings it was trained with."
+                describe_checkpoint_mismatch(trained, configured, missing, unexpected, shapes)
             )
         return super().load_state_dict(state_dict, strict=True)
+
+    # ------------------------------------------------------------------ resuming
+    def resume_state(self) -> Dict[str, Any]:
+        """In-memory counters that a checkpoint must carry for a resumed run to continue exactly.
+
+        nerfacto's proposal sampler counts steps since its networks were last updated (it updates them every few
+        steps once warmed up); neither counter is a module buffer, so neither is in the state dict.
+        """
+        sampler = self.relsnerf_model.proposal_sampler
+        return {
+            "proposal_sampler_step": int(sampler._step),
+            "proposal_steps_since_update": int(sampler._steps_since_update),
+        }
+
+    def load_resume_state(self, state: Mapping[str, Any]) -> None:
+        sampler = self.relsnerf_model.proposal_sampler
+        sampler._step = int(state.get("proposal_sampler_step", sampler._step))
+        sampler._steps_since_update = int(state.get("proposal_steps_since_update", sampler._steps_since_update))
 
 
 def average_metrics(per_frame: List[Dict[str, float]], get_std: bool = False) -> Dict[str, float]:

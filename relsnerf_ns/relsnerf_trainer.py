@@ -1,30 +1,53 @@
-"""Trainer for ReLS-NeRF: the phase schedule sets the run length and every learning rate; checkpoints are atomic.
+"""Trainer for ReLS-NeRF: the phase schedule sets the run length and every learning rate; faults lose nothing.
 
 - The number of steps comes from the pipeline's phase schedule (A + B + C), also when resuming: a run resumed at
   step s trains the remaining steps, not another full schedule (nerfstudio's loop would).
 - Phase-aware schedulers get the pipeline's schedule, so step counts set on the command line move the learning rate
   changes with them.
-- Checkpoints are written to a temporary file and renamed, so a kill never leaves a truncated checkpoint, and they
-  hold only tensors and plain values, which `torch.load(weights_only=True)` (the default since torch 2.6) accepts.
+- Checkpoints are written to a temporary file beside the checkpoint folder, synced and renamed, so a kill never leaves
+  a truncated checkpoint (nor a stray file that nerfstudio's `--load-dir` / ns-eval step parsing trips over). They hold
+  only tensors and plain values, which `torch.load(weights_only=True)` (the default since torch 2.6) accepts, and
+  besides nerfstudio's states (model, optimizers, schedulers, grad scaler) the random generators and the proposal
+  sampler's counters, so a resumed run continues exactly as an uninterrupted one.
+- Ctrl-C (SIGINT) or SIGTERM: the step in progress is finished and saved, then training stops; a second signal stops
+  at once (the last saved checkpoint stays intact).
+- A step whose loss or gradients are not finite is not applied; after `max_consecutive_nonfinite_steps` such steps in a
+  row the run stops with the last good state saved.
 - Phase C's renders live in the run directory; a resumed run reuses those of the run it resumes.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 import os
+import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Type
+from typing import Any, Dict, List, Literal, Optional, Tuple, Type
 
 import torch
 from nerfstudio.engine.optimizers import Optimizers
-from nerfstudio.engine.trainer import Trainer, TrainerConfig
+from nerfstudio.engine.trainer import TRAIN_INTERATION_OUTPUT, Trainer, TrainerConfig
+from nerfstudio.utils import profiler
 from nerfstudio.utils.decorators import check_main_thread
+from nerfstudio.utils.rich_utils import CONSOLE
 
 from relsnerf_ns.relsnerf_pipeline import RelsNerfPipeline, RelsNerfPipelineConfig
+from relsnerf_ns.rng_state import RngSnapshot, capture_rng_state, restore_rng_state, snapshot_rng_state
 from relsnerf_ns.schedulers import PhasedSchedulerConfig
 
 DISTILL_RENDER_DIR = "distill_renders"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training stopped: too many consecutive steps had a NaN or infinite loss or gradient."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped training after the step in progress was finished and saved."""
 
 
 @dataclass
@@ -34,6 +57,10 @@ class RelsNerfTrainerConfig(TrainerConfig):
     _target: Type = field(default_factory=lambda: RelsNerfTrainer)
     pipeline: RelsNerfPipelineConfig = field(default_factory=RelsNerfPipelineConfig)
     """The three-phase ReLS-NeRF pipeline."""
+    max_consecutive_nonfinite_steps: int = 50
+    """A step whose loss or gradients are NaN or infinite is skipped (parameters and optimizer states stay as they
+    were). After this many such steps in a row the run stops, naming the phase and step, with the last good state
+    saved as a checkpoint to resume from. 0: skip such steps but never stop."""
 
 
 class RelsNerfTrainer(Trainer):
@@ -43,12 +70,22 @@ class RelsNerfTrainer(Trainer):
     def __init__(self, config: RelsNerfTrainerConfig, local_rank: int = 0, world_size: int = 1) -> None:
         config.max_num_iterations = config.pipeline.phases.total_steps
         super().__init__(config, local_rank, world_size)
+        self._loaded_resume_state: Optional[Dict[str, Any]] = None
+        self._stop_signal: Optional[str] = None
+        self._previous_handlers: Dict[int, Any] = {}
+        self._last_completed_step: Optional[int] = None
+        self._nonfinite_streak = 0
+        self._state_at_step_start: Optional[Tuple[RngSnapshot, Dict[str, Any]]] = None
+        self._state_before_streak: Optional[Dict[str, Any]] = None
 
     def setup(self, test_mode: Literal["test", "val", "inference"] = "val") -> None:
         self.config.pipeline.distill_render_dir = self._distill_render_dir()
         super().setup(test_mode=test_mode)
         self.pipeline.config.distill_render_dir = self.config.pipeline.distill_render_dir
         self.config.max_num_iterations = max(0, self.pipeline.schedule.total_steps - self._start_step)
+        # Last, after everything in set-up that draws random numbers (model initialisation among others).
+        if self._loaded_resume_state is not None:
+            self._restore_resume_state(self._loaded_resume_state)
 
     def _distill_render_dir(self) -> Path:
         if self.config.load_dir is not None:
@@ -65,10 +102,196 @@ class RelsNerfTrainer(Trainer):
                 scheduler.schedule = self.config.pipeline.phases
         return Optimizers(optimizer_config, self.pipeline.get_param_groups())
 
+    # ------------------------------------------------------------------ training loop
+    def train(self) -> None:
+        self._stop_signal = None
+        self._nonfinite_streak = 0
+        self._last_completed_step = self._start_step - 1 if self._start_step > 0 else None
+        self._install_stop_handlers()
+        try:
+            super().train()
+        finally:
+            self._restore_stop_handlers()
+
+    def _after_train(self) -> None:
+        # Ctrl-C must work normally again (nerfstudio's viewer waits for it after training).
+        self._restore_stop_handlers()
+        # nerfstudio saves `self.step`, which is the step *about to run* when its loop stops early (viewer stop).
+        if self._last_completed_step is not None:
+            self.step = self._last_completed_step
+        super()._after_train()
+
+    def _install_stop_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        for signum in STOP_SIGNALS:
+            self._previous_handlers[signum] = signal.signal(signum, self._on_stop_signal)
+
+    def _restore_stop_handlers(self) -> None:
+        while self._previous_handlers:
+            signum, handler = self._previous_handlers.popitem()
+            signal.signal(signum, handler)
+
+    def _on_stop_signal(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self._stop_signal is not None:
+            raise KeyboardInterrupt(f"{name} again: stopped at once; the last saved checkpoint is intact")
+        self._stop_signal = name
+        CONSOLE.print(
+            f"[yellow]{name}: finishing step {self.step}, then saving a checkpoint and stopping "
+            "(send it again to stop at once)."
+        )
+        if self.training_state == "paused":  # nerfstudio's pause loop only ends on a step or a viewer stop
+            self.training_state = "training"
+
+    def _stop_for_signal(self, step: int) -> None:
+        """Called at the start of `step`: everything of step - 1 (update, callbacks, evaluation) is done."""
+        last = step - 1
+        where = "nothing trained yet, nothing saved"
+        if last >= 0:
+            self.save_checkpoint(last)
+            where = (
+                f"stopped after step {last} (phase {self.pipeline.schedule.phase_at(last).title}); checkpoint saved "
+                f"in {self.checkpoint_dir}, resume with --load-dir {self.checkpoint_dir}"
+            )
+        CONSOLE.print(f"[bold yellow]{self._stop_signal}: {where}.")
+        raise TrainingInterrupted(f"{self._stop_signal}: {where}")
+
+    @profiler.time_function
+    def train_iteration(self, step: int) -> TRAIN_INTERATION_OUTPUT:
+        """nerfstudio's iteration plus a finiteness check of the loss and of every gradient the step would apply.
+
+        A step with a NaN or infinite value changes no parameter, optimizer or scheduler state (all parameter groups
+        skip it together; a grad scaler alone would skip only the optimizers whose own gradients are not finite).
+        Under mixed precision the gradients are unscaled first and the scaler still lowers its scale after an
+        overflow; a non-finite loss leaves the scale as it was. Cost: one pass over the gradients and one host
+        synchronisation per step.
+        """
+        if self._stop_signal is not None:
+            self._stop_for_signal(step)
+        # Cheap references (converted only if this step starts a run of non-finite steps that ends the run).
+        self._state_at_step_start = (snapshot_rng_state(), self.pipeline.resume_state())
+        accumulation = self.gradient_accumulation_steps
+        needs_zero = [group for group in self.optimizers.parameters if step % accumulation[group] == 0]
+        self.optimizers.zero_grad_some(needs_zero)
+        device_type = self.device.split(":")[0]
+        device_type = "cpu" if device_type == "mps" else device_type
+        with torch.autocast(device_type=device_type, enabled=self.mixed_precision):
+            _, loss_dict, metrics_dict = self.pipeline.get_train_loss_dict(step=step)
+            loss = functools.reduce(torch.add, loss_dict.values())
+        self.grad_scaler.scale(loss).backward()  # type: ignore
+        stepping = [
+            group
+            for group in self.optimizers.parameters
+            if step % accumulation[group] == accumulation[group] - 1 and self._gradients([group])
+        ]
+        scaled = self.grad_scaler.is_enabled()
+        if scaled:
+            for group in stepping:
+                self.grad_scaler.unscale_(self.optimizers.optimizers[group])
+        finite = torch.isfinite(loss.detach())
+        grads = self._gradients(stepping)
+        if grads:
+            finite = finite & torch.stack(torch._foreach_norm(grads)).isfinite().all()
+        if not bool(finite):
+            loss_is_finite = bool(torch.isfinite(loss.detach()))
+            reason = self._nonfinite_reason(loss_dict, stepping)
+            if scaled:
+                scale = self.grad_scaler.get_scale()
+                # Overflowing gradients: the scaler halves its scale as usual. A non-finite loss says nothing about
+                # the scale: keep it (update() also ends this step's unscale bookkeeping either way).
+                self.grad_scaler.update(None if loss_is_finite else scale)
+                if loss_is_finite:
+                    reason += f" at grad scale {scale:g}"
+            self._skip_nonfinite_step(step, reason)
+            self._last_completed_step = step
+            return loss, loss_dict, metrics_dict
+
+        for group in stepping:
+            max_norm = self.optimizers.config[group]["optimizer"].max_norm
+            if max_norm is not None:  # gradients are unscaled at this point
+                torch.nn.utils.clip_grad_norm_(self.optimizers.parameters[group], max_norm)
+            self.grad_scaler.step(self.optimizers.optimizers[group])
+        if self.config.log_gradients:
+            total_grad = 0
+            for tag, value in self.pipeline.model.named_parameters():
+                if value.grad is not None:
+                    grad = value.grad.norm()
+                    metrics_dict[f"Gradients/{tag}"] = grad  # type: ignore
+                    total_grad += grad
+            metrics_dict["Gradients/Total"] = total_grad  # type: ignore
+        scale = self.grad_scaler.get_scale()
+        self.grad_scaler.update()
+        if scale <= self.grad_scaler.get_scale():  # as nerfstudio: no scheduler step when the scaler skipped one
+            self.optimizers.scheduler_step_all(step)
+        self._nonfinite_streak = 0
+        self._last_completed_step = step
+        return loss, loss_dict, metrics_dict
+
+    def _gradients(self, groups: List[str]) -> List[torch.Tensor]:
+        return [p.grad for group in groups for p in self.optimizers.parameters[group] if p.grad is not None]
+
+    def _nonfinite_reason(self, loss_dict: Dict[str, torch.Tensor], groups: List[str]) -> str:
+        """What was not finite (computed on bad steps only)."""
+        values = {name: float(value.detach()) for name, value in loss_dict.items()}
+        bad_losses = {name: value for name, value in values.items() if not math.isfinite(value)}
+        if bad_losses:
+            return "non-finite loss (" + ", ".join(f"{name}={value}" for name, value in bad_losses.items()) + ")"
+        bad_groups = [g for g in groups if any(not bool(torch.isfinite(x).all()) for x in self._gradients([g]))]
+        return "non-finite gradients in " + ", ".join(bad_groups)
+
+    def _skip_nonfinite_step(self, step: int, reason: str) -> None:
+        """The update of `step` is not applied; stop with the last good state saved after too many in a row."""
+        self.optimizers.zero_grad_all()  # nothing of this step may reach a later one
+        if self._nonfinite_streak == 0:
+            self._state_before_streak = self._resume_state(at_step_start=True)
+        self._nonfinite_streak += 1
+        limit = self.config.max_consecutive_nonfinite_steps
+        phase = self.pipeline.schedule.phase_at(step)
+        CONSOLE.print(
+            f"[yellow]Step {step} (phase {phase.title}): {reason}; step skipped "
+            f"({self._nonfinite_streak} in a row{f', the run stops at {limit}' if limit > 0 else ''})."
+        )
+        if limit <= 0 or self._nonfinite_streak < limit:
+            return
+        first = step - self._nonfinite_streak + 1
+        last_good = first - 1
+        if last_good >= 0:
+            self.save_checkpoint(last_good, resume_state=self._state_before_streak)
+            saved = (
+                f"The last good state (step {last_good}, phase {self.pipeline.schedule.phase_at(last_good).title}) "
+                f"is saved in {self.checkpoint_dir / checkpoint_name(last_good)}; resume from it with "
+                f"--load-dir {self.checkpoint_dir} once the cause is fixed (e.g. a lower learning rate)."
+            )
+        else:
+            saved = "No step had succeeded, so there is nothing to save."
+        message = (
+            f"Training stopped in phase {phase.title} at step {step}: {self._nonfinite_streak} consecutive steps "
+            f"({first}-{step}) had a NaN or infinite loss or gradients (last: {reason}); none of them was applied "
+            f"(limit: --max-consecutive-nonfinite-steps {limit}). {saved}"
+        )
+        CONSOLE.print(f"[bold red]{message}")
+        raise NonFiniteLossError(message)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _resume_state(self, at_step_start: bool = False) -> Dict[str, Any]:
+        """What a checkpoint needs besides nerfstudio's states: now, or as the current step found it."""
+        if at_step_start:
+            assert self._state_at_step_start is not None
+            rng, pipeline = self._state_at_step_start
+            return {"rng": capture_rng_state(rng), "pipeline": pipeline}
+        return {"rng": capture_rng_state(), "pipeline": self.pipeline.resume_state()}
+
+    def _restore_resume_state(self, state: Dict[str, Any]) -> None:
+        if "rng" in state:
+            restore_rng_state(state["rng"])
+        self.pipeline.load_resume_state(state.get("pipeline", {}))
+
     @check_main_thread
-    def save_checkpoint(self, step: int) -> None:
+    def save_checkpoint(self, step: int, resume_state: Optional[Dict[str, Any]] = None) -> None:
+        """Write `step-<step>.ckpt` atomically; `resume_state` (random generators etc.) defaults to the current one."""
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        path = self.checkpoint_dir / f"step-{step:09d}.ckpt"
+        path = self.checkpoint_dir / checkpoint_name(step)
         state = {
             "step": int(step),
             "pipeline": self.pipeline.module.state_dict()
@@ -77,11 +300,112 @@ class RelsNerfTrainer(Trainer):
             "optimizers": {k: v.state_dict() for k, v in self.optimizers.optimizers.items()},
             "schedulers": {k: v.state_dict() for k, v in self.optimizers.schedulers.items()},
             "scalers": self.grad_scaler.state_dict(),
+            "resume": resume_state if resume_state is not None else self._resume_state(),
         }
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        write_checkpoint_atomically(state, path)
         if self.config.save_only_latest_checkpoint:
-            for old in self.checkpoint_dir.glob("*.ckpt"):
+            for old in self.checkpoint_dir.glob("step-*.ckpt"):
                 if old != path:
                     old.unlink()
+
+    def _load_checkpoint(self) -> None:
+        """nerfstudio's loading (pipeline, optimizers, schedulers, grad scaler) plus the resume state.
+
+        Unlike nerfstudio's, it picks the latest `step-*.ckpt` among checkpoint files only, loads with
+        `weights_only=True`, and when the latest cannot be read (e.g. a checkpoint truncated by an older,
+        non-atomic writer) says so and takes the one before it, unless --load-step asks for that exact one.
+        """
+        candidates = self._checkpoints_to_try()
+        if not candidates:
+            CONSOLE.print("No Nerfstudio checkpoint to load, so training from scratch.")
+            return
+        loaded, path = None, None
+        for index, path in enumerate(candidates):
+            try:
+                loaded = torch.load(path, map_location="cpu", weights_only=True)
+                break
+            except Exception as error:  # torch raises several types for damaged archives
+                problem = f"checkpoint {path} cannot be read ({type(error).__name__}: {error})"
+                if index + 1 == len(candidates):
+                    raise RuntimeError(f"{problem}; no readable checkpoint is left to resume from") from error
+                CONSOLE.print(f"[yellow]{problem}; trying the one before it, {candidates[index + 1].name}.")
+        assert loaded is not None and path is not None
+        step = int(loaded["step"])
+        self._start_step = step + 1
+        self.pipeline.load_pipeline(loaded["pipeline"], step)
+        self.optimizers.load_optimizers(loaded["optimizers"])
+        if "schedulers" in loaded and self.config.load_scheduler:
+            self.optimizers.load_schedulers(loaded["schedulers"])
+        self.grad_scaler.load_state_dict(loaded["scalers"])
+        self._loaded_resume_state = loaded.get("resume")
+        CONSOLE.print(f"Done loading Nerfstudio checkpoint from {path}")
+        schedule = self.pipeline.schedule
+        if self._start_step < schedule.total_steps:
+            CONSOLE.print(
+                f"Resuming at step {self._start_step} in phase {schedule.phase_at(self._start_step).title} "
+                f"(checkpoint of step {step})."
+            )
+        else:
+            CONSOLE.print(f"The checkpoint (step {step}) is at the end of the schedule: nothing left to train.")
+
+    def _checkpoints_to_try(self) -> List[Path]:
+        """Checkpoint files to load, preferred first."""
+        if self.config.load_dir is not None:
+            load_dir = Path(self.config.load_dir)
+            if self.config.load_step is not None:
+                path = load_dir / checkpoint_name(self.config.load_step)
+                if not path.exists():
+                    steps = sorted(step for step, _ in checkpoint_files(load_dir))
+                    raise FileNotFoundError(f"checkpoint {path} does not exist; {load_dir} has steps {steps}")
+                return [path]
+            found = [path for _, path in sorted(checkpoint_files(load_dir), reverse=True)]
+            if not found:
+                raise FileNotFoundError(f"--load-dir {load_dir} holds no checkpoint (step-<number>.ckpt)")
+            return found
+        if self.config.load_checkpoint is not None:
+            path = Path(self.config.load_checkpoint)
+            if not path.exists():
+                raise FileNotFoundError(f"checkpoint {path} does not exist")
+            return [path]
+        return []
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:09d}.ckpt"
+
+
+def checkpoint_files(directory: Path) -> List[tuple]:
+    """(step, path) of each `step-<number>.ckpt` in `directory` (other files are ignored)."""
+    found = []
+    for path in directory.glob("step-*.ckpt"):
+        number = path.stem[len("step-") :]
+        if number.isdigit():
+            found.append((int(number), path))
+    return found
+
+
+def write_checkpoint_atomically(state: Dict[str, Any], path: Path) -> None:
+    """torch.save to a temporary file next to the checkpoint folder, fsync, then rename over `path`.
+
+    A kill or an error at any point leaves either the complete new file or none (and the earlier checkpoints as they
+    were). The temporary file lives in the parent folder because nerfstudio's `--load-dir` and ns-eval parse the
+    step out of every file name in the checkpoint folder and fail on anything else.
+    """
+    tmp = path.parent.parent / f".{path.parent.name}.{path.name}.tmp"
+    try:
+        with open(tmp, "wb") as file:
+            torch.save(state, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable (not available on every platform)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except OSError:
+        pass

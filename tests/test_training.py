@@ -139,6 +139,10 @@ def test_ns_train_help_documents_the_options(method):
         "--pipeline.datamanager.latent-patch-size",
         "--pipeline.model.patch-loss-mult",
         "--pipeline.model.autoencoder.",
+        "--max-consecutive-nonfinite-steps",
+        "--pipeline.model.decode-tile-halo",
     ):
         assert option in text, option
     assert "skip phase C" in text and "gamma of eq. 4" in text  # field docstrings reach --help
+    unboxed = " ".join(result.stdout.replace("│", " ").split())
+    assert "After this many such steps in a row the run stops, naming the phase and step" in unboxed
