@@ -30,7 +30,7 @@ system-packages:
 	fi
 
 test: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q --durations=15 tests
 
 demo: setup
 	$(BIN)/python -m relsnerf_ns.demo --output demo_output

@@ -1,6 +1,8 @@
 """Before/after timings of the rendering and training paths, side by side in one process (relsnerf-bench's companion).
 
-    python -m relsnerf_ns.benchmark_kernels [--config RUN/config.yml] [--frames 10] [--json FILE]
+    python -m relsnerf_ns.benchmark_kernels [--config RUN/config.yml] [--nerfacto-config RUN/config.yml]
+        [--frames 10] [--json FILE]
+    python -m relsnerf_ns.benchmark_kernels --write-random-sd-vae DIR   # an SD-VAE with random weights, for timing
 
 1. Hash-grid lookups alone (random positions, the sizes of one 1008x756 latent frame and of one training batch):
    nerfstudio's torch lookup vs the fused Triton kernels (`hash_grid_kernel.py`), forward and forward + backward.
@@ -11,7 +13,8 @@
    forward + backward) with either lookup. Cameras: an LLFF spiral around the training cameras, at the resolution
    of the run's evaluation images. Medians of
    device-synchronised frames after warm-up; peak GPU memory per variant; the decoded images of all variants are
-   compared with the plain path's (max abs difference, PSNR between them).
+   compared with the plain path's (max abs difference, PSNR between them). With `--nerfacto-config` (a nerfacto run
+   on the same data) nerfacto as nerfstudio ships it is timed on the same cameras and every row gets its speed-up.
 """
 
 from __future__ import annotations
@@ -100,7 +103,9 @@ def _peak_mb(function: Callable[[], object], device: str) -> Optional[float]:
     return torch.cuda.max_memory_allocated() / 2**20
 
 
-def model_timings(config_path: Path, device: str, frames: int) -> Dict[str, object]:
+def model_timings(
+    config_path: Path, device: str, frames: int, nerfacto_config: Optional[Path] = None
+) -> Dict[str, object]:
     from relsnerf_ns.benchmark_eval import spiral_for
     from relsnerf_ns.benchmark_models import load_trained
     from relsnerf_ns.viewer_controls import RENDER_DECODED
@@ -151,6 +156,8 @@ def model_timings(config_path: Path, device: str, frames: int) -> Dict[str, obje
             ms = _median_ms(lambda: model.render_rgb_nerf_outputs(cameras[0]), device, repeats=3, warmup=1)
             peak = _peak_mb(lambda: model.render_rgb_nerf_outputs(cameras[0]), device)
         rows.append({"variant": name, "ms_per_frame": ms, "peak_gpu_memory_mb": peak})
+    if nerfacto_config is not None:
+        rows.append(_nerfacto_row(nerfacto_config, device, cameras[:3]))
     # One training step of the colour NeRF (nerfacto's part of phase B): 4096 random rays, forward + backward.
     bundle = cameras[0].generate_rays(camera_indices=0).flatten()
     choice = torch.randperm(len(bundle), device=bundle.origins.device)[:4096]
@@ -172,7 +179,47 @@ def model_timings(config_path: Path, device: str, frames: int) -> Dict[str, obje
         rows.append({"variant": name, "ms_per_frame": _median_ms(step_once, device, repeats=10)})
     model.eval()
     use_fused_hash_grids(model, enabled=True)
-    return {"config": str(config_path), "checkpoint_step": step, "resolution": [width, height], "rows": rows}
+    return {
+        "config": str(config_path),
+        "autoencoder": model.autoencoder.architecture,
+        "checkpoint_step": step,
+        "resolution": [width, height],
+        "rows": rows,
+    }
+
+
+def _nerfacto_row(config_path: Path, device: str, cameras: List) -> Dict[str, object]:
+    """nerfstudio's nerfacto as shipped (its own torch lookups), on the same cameras, in this process."""
+    from relsnerf_ns.benchmark_models import load_trained
+
+    _, pipeline, _ = load_trained(config_path, device)
+    render = pipeline.model.get_outputs_for_camera
+    with torch.no_grad():
+        ms = statistics.median(
+            [_median_ms(lambda camera=camera: render(camera), device, repeats=1, warmup=1) for camera in cameras]
+        )
+        peak = _peak_mb(lambda: render(cameras[0]), device)
+    del pipeline
+    torch.cuda.empty_cache() if device.startswith("cuda") else None
+    return {"variant": "nerfacto (nerfstudio's lookups)", "ms_per_frame": ms, "peak_gpu_memory_mb": peak}
+
+
+def write_random_sd_vae(directory: Path) -> None:
+    """Stable Diffusion's VAE architecture (83.7 M parameters, 4 latent channels) with random weights, saved as a
+    local diffusers folder that `--sd-vae-weights` accepts. Render and training speed do not depend on the weights."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=512,
+    )
+    vae.save_pretrained(directory)
+    count = sum(p.numel() for p in vae.parameters()) / 1e6
+    print(f"wrote a randomly initialised SD-VAE ({count:.1f} M parameters) to {directory}: for timing only")
 
 
 def _print_lookups(rows: List[Dict[str, object]]) -> None:
@@ -190,28 +237,43 @@ def _print_lookups(rows: List[Dict[str, object]]) -> None:
 def _print_model(result: Dict[str, object]) -> None:
     rows = result["rows"]  # type: ignore[index]
     base = rows[0]["ms_per_frame"]
+    nerfacto = next((r["ms_per_frame"] for r in rows if r["variant"].startswith("nerfacto")), None)
     print(
         f"\n{result['config']} (step {result['checkpoint_step']}) "
         f"at {result['resolution'][0]}x{result['resolution'][1]}"
     )  # type: ignore[index]
-    print(f"{'variant':<62}{'ms':>9}{'fps':>8}{'vs first':>10}{'peak MB':>10}  vs plain")
+    print(f"{'variant':<62}{'ms':>9}{'fps':>8}{'vs first':>10}{'vs nerfacto':>12}{'peak MB':>10}  vs plain")
     for r in rows:
         ms = r["ms_per_frame"]
         extra = ""
         if "psnr_vs_plain_db" in r:
             extra = f"PSNR {r['psnr_vs_plain_db']:.1f} dB, max|diff| {r['max_abs_difference_vs_plain']:.1e}"
         peak = "" if r.get("peak_gpu_memory_mb") is None else f"{r['peak_gpu_memory_mb']:,.0f}"
-        print(f"{r['variant']:<62}{ms:>9.1f}{1000 / ms:>8.1f}{base / ms:>9.1f}x{peak:>10}  {extra}")
+        versus = "" if nerfacto is None or r["variant"].startswith("train") else f"{nerfacto / ms:.1f}x"
+        print(f"{r['variant']:<62}{ms:>9.1f}{1000 / ms:>8.1f}{base / ms:>9.1f}x{versus:>12}{peak:>10}  {extra}")
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, help="config.yml of a trained ReLS-NeRF run (adds the model timings)")
+    parser.add_argument(
+        "--nerfacto-config", type=Path, help="config.yml of a nerfacto run on the same data: timed on the same cameras"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--frames", type=int, default=10, help="spiral cameras timed per variant")
     parser.add_argument("--skip-lookups", action="store_true", help="only the model timings")
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
+    parser.add_argument(
+        "--write-random-sd-vae",
+        type=Path,
+        metavar="DIR",
+        help="only write a diffusers folder with a randomly initialised Stable Diffusion VAE (the real architecture) "
+        "to DIR, for timing relsnerf's SD decoder where no pretrained weights exist (never for quality)",
+    )
     args = parser.parse_args(argv)
+    if args.write_random_sd_vae is not None:
+        write_random_sd_vae(args.write_random_sd_vae)
+        return
     if not kernels_available(torch.device(args.device)):
         parser.error(f"the fused kernels cannot run on {args.device} (they need CUDA and Triton)")
     results: Dict[str, object] = {"device": args.device}
@@ -221,7 +283,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         results["lookups"] = lookup_timings(args.device)
         _print_lookups(results["lookups"])  # type: ignore[arg-type]
     if args.config is not None:
-        results["model"] = model_timings(args.config, args.device, args.frames)
+        results["model"] = model_timings(args.config, args.device, args.frames, args.nerfacto_config)
         _print_model(results["model"])  # type: ignore[arg-type]
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
