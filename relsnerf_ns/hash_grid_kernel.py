@@ -75,6 +75,20 @@ if triton is not None:
         return rows, levels, mask, i0, i1, i2, i3, i4, i5, i6, i7, ox, oy, oz
 
     @triton.jit
+    def _gather_corners(table_ptr, i0, i1, i2, i3, i4, i5, i6, i7, f, mask, FEATURES: tl.constexpr):
+        """Feature f of the 8 corners' table entries."""
+        return (
+            tl.load(table_ptr + i0 * FEATURES + f, mask=mask, other=0.0),
+            tl.load(table_ptr + i1 * FEATURES + f, mask=mask, other=0.0),
+            tl.load(table_ptr + i2 * FEATURES + f, mask=mask, other=0.0),
+            tl.load(table_ptr + i3 * FEATURES + f, mask=mask, other=0.0),
+            tl.load(table_ptr + i4 * FEATURES + f, mask=mask, other=0.0),
+            tl.load(table_ptr + i5 * FEATURES + f, mask=mask, other=0.0),
+            tl.load(table_ptr + i6 * FEATURES + f, mask=mask, other=0.0),
+            tl.load(table_ptr + i7 * FEATURES + f, mask=mask, other=0.0),
+        )
+
+    @triton.jit
     def _hash_grid_forward(x_ptr, table_ptr, scalings_ptr, out_ptr, n_samples, NUM_LEVELS: tl.constexpr,
                            LEVELS_PAD: tl.constexpr, FEATURES: tl.constexpr, LOG2_TABLE: tl.constexpr,
                            BLOCK: tl.constexpr):  # fmt: skip
@@ -83,14 +97,9 @@ if triton is not None:
         )
         out_row = rows[:, None] * (NUM_LEVELS * FEATURES) + levels[None, :] * FEATURES
         for f in tl.static_range(FEATURES):
-            f0 = tl.load(table_ptr + i0 * FEATURES + f, mask=mask, other=0.0)
-            f1 = tl.load(table_ptr + i1 * FEATURES + f, mask=mask, other=0.0)
-            f2 = tl.load(table_ptr + i2 * FEATURES + f, mask=mask, other=0.0)
-            f3 = tl.load(table_ptr + i3 * FEATURES + f, mask=mask, other=0.0)
-            f4 = tl.load(table_ptr + i4 * FEATURES + f, mask=mask, other=0.0)
-            f5 = tl.load(table_ptr + i5 * FEATURES + f, mask=mask, other=0.0)
-            f6 = tl.load(table_ptr + i6 * FEATURES + f, mask=mask, other=0.0)
-            f7 = tl.load(table_ptr + i7 * FEATURES + f, mask=mask, other=0.0)
+            f0, f1, f2, f3, f4, f5, f6, f7 = _gather_corners(
+                table_ptr, i0, i1, i2, i3, i4, i5, i6, i7, f, mask, FEATURES
+            )
             # The interpolation in nerfstudio's order: x first, then y, then z.
             f03 = f0 * ox + f3 * (1 - ox)
             f12 = f1 * ox + f2 * (1 - ox)
@@ -143,14 +152,9 @@ if triton is not None:
         gz = tl.zeros_like(ox)
         for f in tl.static_range(FEATURES):
             g = tl.load(grad_out_ptr + out_row + f, mask=mask, other=0.0)
-            f0 = tl.load(table_ptr + i0 * FEATURES + f, mask=mask, other=0.0)
-            f1 = tl.load(table_ptr + i1 * FEATURES + f, mask=mask, other=0.0)
-            f2 = tl.load(table_ptr + i2 * FEATURES + f, mask=mask, other=0.0)
-            f3 = tl.load(table_ptr + i3 * FEATURES + f, mask=mask, other=0.0)
-            f4 = tl.load(table_ptr + i4 * FEATURES + f, mask=mask, other=0.0)
-            f5 = tl.load(table_ptr + i5 * FEATURES + f, mask=mask, other=0.0)
-            f6 = tl.load(table_ptr + i6 * FEATURES + f, mask=mask, other=0.0)
-            f7 = tl.load(table_ptr + i7 * FEATURES + f, mask=mask, other=0.0)
+            f0, f1, f2, f3, f4, f5, f6, f7 = _gather_corners(
+                table_ptr, i0, i1, i2, i3, i4, i5, i6, i7, f, mask, FEATURES
+            )
             # d value / d offset (the offsets move with the position; the corners do not), per axis.
             gx += g * ((f0 - f3) * oy * oz + (f1 - f2) * (1 - oy) * oz + (f4 - f7) * oy * (1 - oz)
                        + (f5 - f6) * (1 - oy) * (1 - oz))  # fmt: skip
