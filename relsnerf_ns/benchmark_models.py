@@ -36,7 +36,15 @@ from relsnerf_ns.autoencoders import StableDiffusionVAEConfig, TinyAutoencoderCo
 from relsnerf_ns.image_metrics import OfflineLPIPS
 from relsnerf_ns.phases import PAPER_STEPS, SHORT_STEPS
 
-ModelName = Literal["nerfacto", "relsnerf-r32", "relsnerf-tiny", "relsnerf"]
+ModelName = Literal[
+    "nerfacto",
+    "relsnerf-r32",
+    "relsnerf-tiny",
+    "relsnerf",
+    "relsnerf-r32-paper",
+    "relsnerf-tiny-paper",
+    "relsnerf-paper",
+]
 ScheduleName = Literal["paper", "short", "minimal"]
 DataParserName = Literal["nerfstudio-data", "llff-data"]
 
@@ -60,6 +68,8 @@ class ModelSpec:
     """'r32', 'tiny', 'sd'; None for nerfacto."""
     family: Literal["sd", "r32"]
     """Which row of the phase presets applies (pretrained decoders: 'sd'; decoders trained from scratch: 'r32')."""
+    recipe: Literal["relsnerf", "paper"] = "relsnerf"
+    """The model's loss recipe (`--pipeline.model.recipe`): '-paper' models train with the paper's exact losses."""
 
     @property
     def outputs(self) -> Tuple[str, ...]:
@@ -72,9 +82,21 @@ MODEL_SPECS: Dict[str, ModelSpec] = {
     "relsnerf-r32": ModelSpec("relsnerf-r32", "relsnerf", "r32", "r32"),
     "relsnerf-tiny": ModelSpec("relsnerf-tiny", "relsnerf", "tiny", "sd"),
     "relsnerf": ModelSpec("relsnerf", "relsnerf", "sd", "sd"),
+    "relsnerf-r32-paper": ModelSpec("relsnerf-r32-paper", "relsnerf", "r32", "r32", recipe="paper"),
+    "relsnerf-tiny-paper": ModelSpec("relsnerf-tiny-paper", "relsnerf", "tiny", "sd", recipe="paper"),
+    "relsnerf-paper": ModelSpec("relsnerf-paper", "relsnerf", "sd", "sd", recipe="paper"),
 }
-MODEL_ORDER = ("nerfacto", "relsnerf", "relsnerf-r32", "relsnerf-tiny")
-"""Report order: the RGB NeRF first, then ReLS-NeRF as in the paper (SD, R32), then the tiny AE."""
+MODEL_ORDER = (
+    "nerfacto",
+    "relsnerf",
+    "relsnerf-paper",
+    "relsnerf-r32",
+    "relsnerf-r32-paper",
+    "relsnerf-tiny",
+    "relsnerf-tiny-paper",
+)
+"""Report order: the RGB NeRF first, then ReLS-NeRF as in the paper (SD, R32), then the tiny AE; each with its
+paper-recipe twin when that was trained."""
 
 
 def spec(name: str) -> ModelSpec:
@@ -204,6 +226,7 @@ def _relsnerf_config(model: ModelSpec, build: ModelBuild) -> TrainerConfig:
 
     method = {"sd": relsnerf, "r32": relsnerf_r32, "tiny": relsnerf_tiny}[model.autoencoder or ""]
     config = copy.deepcopy(method.config)
+    config.pipeline.model.recipe = model.recipe
     a, b, c = build.budget.phases(model.family)
     phases = config.pipeline.phases
     phases.preset = "paper" if build.budget.schedule == "paper" else "short"

@@ -2,7 +2,7 @@
 
 Phase A asks for image crops; phase B for 4096 random rays plus one latent patch (the rays through the centres of a
 32x32 grid of 8x8 pixel blocks with the matching 256x256 image patch) plus, when the dataparser gives sparse depth,
-4096 rays through sparse points; phase C for real-image crops with their latent rays.
+4096 rays through sparse points; phase C crops real images and the latent maps of their cameras (`aligned_crop`).
 
 Awkward input is handled at start-up (`setup_train`): unreadable images are named in one error, any pixel format is
 read as RGB or RGBA (`image_files.py`), patches and crops shrink once, with one message, to fit the smallest image
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Dict, List, Literal, Optional, Tuple, Type, Union
 
 import torch
+import tyro
 from jaxtyping import Float
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.cameras.rays import RayBundle
@@ -104,6 +105,22 @@ def random_patch(
     return ImagePatch(index, top, left, size, crop, bundle)  # type: ignore[arg-type]
 
 
+def aligned_crop(
+    image: Float[Tensor, "H W C"],
+    latent: Float[Tensor, "rows cols n"],
+    size: int,
+    background: Optional[Tensor] = None,
+) -> Tuple[Float[Tensor, "3 size size"], Float[Tensor, "size/8 size/8 n"]]:
+    """A random size x size crop of an image (channels first, RGBA blended) and of its latent map, starting at a
+    multiple of 8 pixels: the latent pixels of the crop are those of the whole frame, as inference renders them."""
+    height, width = int(image.shape[0]), int(image.shape[1])
+    top = 8 * int(torch.randint((height - size) // 8 + 1, (1,)))
+    left = 8 * int(torch.randint((width - size) // 8 + 1, (1,)))
+    crop = blend_alpha(image[top : top + size, left : left + size], background).permute(2, 0, 1)
+    n = size // 8
+    return crop, latent[top // 8 : top // 8 + n, left // 8 : left // 8 + n]
+
+
 @dataclass
 class RelsNerfDataManagerConfig(VanillaDataManagerConfig):
     """Rays, latent patches, autoencoder crops and sparse-depth rays for the three phases."""
@@ -116,7 +133,10 @@ class RelsNerfDataManagerConfig(VanillaDataManagerConfig):
     latent_patch_size: int = 32
     """Side of the phase-B latent patch in latent pixels (32 -> a 256x256 image patch); shrinks for small images."""
     depth_rays_per_batch: int = 4096
-    """Rays through sparse points per phase-B step for the DS-NeRF loss (paper: 4096); 0 turns the loss off."""
+    """Rays through sparse points per phase-B step for the DS-NeRF loss (paper: 4096) when the model's depth loss is
+    on (--pipeline.model.depth-loss-mult); 0 turns the loss off."""
+    depth_loss_off_reason: tyro.conf.Suppress[Optional[str]] = None
+    """Set by the pipeline when the model's depth-loss weight is 0: why no depth rays are drawn (said once)."""
     ae_crop_size: int = 512
     """Side of the phase-A image crops (paper: 512); shrinks to fit small images."""
     ae_batch_size: int = 5
@@ -252,7 +272,10 @@ class RelsNerfDataManager(VanillaDataManager):
         if per_image is None or self.config.depth_rays_per_batch <= 0:
             if SPARSE_DEPTH_KEY in metadata and per_image is None:
                 return None  # the dataparser found none and has said why
-            reason = "the dataparser gives no sparse depth" if per_image is None else "depth_rays_per_batch is 0"
+            if per_image is None:
+                reason = "the dataparser gives no sparse depth"
+            else:
+                reason = self.config.depth_loss_off_reason or "depth_rays_per_batch is 0"
             if per_image is None and metadata.get("depth_filenames"):
                 reason += " (dense depth maps, depth_file_path, are not used)"
             CONSOLE.print(f"[yellow]DS-NeRF depth loss off: {reason}.")
@@ -311,8 +334,3 @@ class RelsNerfDataManager(VanillaDataManager):
         if depth is not None:
             batch["depth_rays"] = depth
         return ray_bundle, batch
-
-    # ------------------------------------------------------------------ phase C
-    def next_real_crop(self) -> ImagePatch:
-        size = self.patch_sizes["distill_crop"]
-        return random_patch(self.train_cameras, self.train_images, size, background=self.alpha_background)

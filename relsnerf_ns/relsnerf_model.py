@@ -27,6 +27,7 @@ from relsnerf_ns.fast_render import LatentFrameRenderer
 from relsnerf_ns.hash_grid_kernel import use_fused_hash_grids
 from relsnerf_ns.image_metrics import OfflineLPIPS, image_metrics
 from relsnerf_ns.latent_rays import latent_ray_bundle
+from relsnerf_ns.latent_targets import LatentTargets
 from relsnerf_ns.out_of_memory import ShrinkingSize, decode_frame, free_cached_memory, render_in_chunks
 from relsnerf_ns.relsnerf_field import RelsNerfField, resolve_implementation
 from relsnerf_ns.viewer_controls import (
@@ -110,10 +111,20 @@ class RelsNerfModelConfig(NerfactoModelConfig):
     """With the torch implementation on a GPU: 'fused' computes each hash-grid lookup (and its gradient) in one Triton
     kernel, the same arithmetic as nerfstudio's ~60 separate tensor operations, several times faster in training and
     rendering; 'torch' keeps nerfstudio's lookup. No effect with tinycudann or on the CPU."""
+    recipe: Literal["relsnerf", "paper"] = "relsnerf"
+    """Which losses phase B uses where the two flags below are unset. 'relsnerf' (the default): the latent rendered on
+    every colour ray is also supervised with the phase-A encoder's latents of the training images (L_z), and the
+    DS-NeRF depth loss is off; 'paper': the paper's L_B = L_r + lambda_d L_d + lambda_gr L_gr + L_p exactly
+    (lambda_d = 0.1, no L_z). docs/method.md gives the measured effect of each."""
     distortion_loss_mult: float = 5e-4
     """lambda_gr: weight of the distortion loss (paper: 1e-3 / 2)."""
-    depth_loss_mult: float = 0.1
-    """lambda_d: weight of the DS-NeRF depth loss on rays through sparse points (paper: 0.1)."""
+    depth_loss_mult: Optional[float] = None
+    """lambda_d: weight of the DS-NeRF depth loss on rays through sparse points; 0 turns it off. None takes the
+    recipe's: 0 for 'relsnerf' (with sparse COLMAP depth it cost the colour NeRF held-out PSNR), 0.1 for 'paper'."""
+    latent_loss_mult: Optional[float] = None
+    """Weight of L_z, the error between the latent rendered on each colour ray and the encoder's latent of its
+    training image at that pixel (in units of each latent channel's spread); 0 turns it off. None takes the recipe's:
+    1 for 'relsnerf', 0 for 'paper'. Used only when the encoder is pretrained or phase A trained it."""
     depth_sigma: float = 0.01
     """Spread of the DS-NeRF depth loss around each sparse point (nerfstudio's convention: exp(-d^2 / (2 sigma)))."""
     patch_loss_mult: float = 1.0
@@ -149,6 +160,25 @@ class RelsNerfModelConfig(NerfactoModelConfig):
     """Open each viewer client at the first training camera (viser's default pose often looks at empty space)."""
     camera_optimizer: CameraOptimizerConfig = field(default_factory=lambda: CameraOptimizerConfig(mode="off"))
     """Camera pose refinement; off as in the paper (held-out cameras are not aligned to refined poses)."""
+
+    def depth_loss_weight(self) -> float:
+        """lambda_d after the recipe: the flag when set, else 0 ('relsnerf') or the paper's 0.1."""
+        if self.depth_loss_mult is not None:
+            return self.depth_loss_mult
+        return RECIPES[self.recipe]["depth_loss_mult"]
+
+    def latent_loss_weight(self) -> float:
+        """The weight of L_z after the recipe: the flag when set, else 1 ('relsnerf') or 0 ('paper')."""
+        if self.latent_loss_mult is not None:
+            return self.latent_loss_mult
+        return RECIPES[self.recipe]["latent_loss_mult"]
+
+
+RECIPES: Dict[str, Dict[str, float]] = {
+    "relsnerf": {"depth_loss_mult": 0.0, "latent_loss_mult": 1.0},
+    "paper": {"depth_loss_mult": 0.1, "latent_loss_mult": 0.0},
+}
+"""Loss weights of each recipe where the model's flags leave them unset."""
 
 
 @contextlib.contextmanager
@@ -211,6 +241,9 @@ class RelsNerfModel(NerfactoModel):
         self.decode_tiles = ShrinkingSize()
         self.fast_path_max_rays: Optional[int] = None
         """Frames with at least this many latent rays skip the fast path (one of them ran out of memory in it)."""
+        self.latent_targets: Optional[LatentTargets] = None
+        """The encoder's latents of the training images (L_z's targets); the pipeline sets them at the start of
+        phase B. Not a buffer: they follow from the frozen encoder, so checkpoints need not carry them."""
         # Viewer controls (nerfstudio's viewer collects ViewerElement attributes of the model).
         self.viewer_phase = phase_text()
         self.viewer_render_mode = render_mode_dropdown()
@@ -229,6 +262,24 @@ class RelsNerfModel(NerfactoModel):
         return groups
 
     # ------------------------------------------------------------------ rendering
+    def forward(self, ray_bundle: RayBundle, latent: bool = False) -> Dict[str, Any]:
+        """nerfstudio's Model.forward, plus `latent`: in training, also render z on these rays (see get_outputs)."""
+        if self.collider is not None:
+            ray_bundle = self.collider(ray_bundle)
+        return self.get_outputs(ray_bundle, latent=latent)
+
+    def get_outputs(self, ray_bundle: RayBundle, latent: bool = False) -> Dict[str, Any]:
+        """nerfacto's outputs; with `latent` (training only), also z composited with the colour NeRF's final samples
+        and detached weights, so that L_z reaches the latent branch and nothing else."""
+        outputs = super().get_outputs(ray_bundle)
+        if latent:
+            if not self.training:
+                raise RuntimeError("latents on colour rays are a training output (render_latents renders them)")
+            samples, weights = outputs["ray_samples_list"][-1], outputs["weights_list"][-1]
+            z = self.field.get_latent(samples)
+            outputs["latent"] = torch.sum(weights.detach() * z, dim=-2)
+        return outputs
+
     def render_latents(self, ray_bundle: RayBundle, with_colour: bool = False) -> Dict[str, Tensor]:
         """Volume-render z (eq. 1) with the colour NeRF's weights, detached so L_p never reaches density/proposals.
 
@@ -385,6 +436,15 @@ class RelsNerfModel(NerfactoModel):
         return self.render_rgb_nerf_outputs(camera)["rgb"]
 
     # ------------------------------------------------------------------ losses
+    def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
+        """nerfacto's losses, plus L_z when the outputs carry the colour rays' latents and targets are set."""
+        loss_dict = super().get_loss_dict(outputs, batch, metrics_dict)
+        weight = self.config.latent_loss_weight()
+        if "latent" in outputs and self.latent_targets is not None and weight > 0:
+            target = self.latent_targets.at_pixels(batch["indices"])
+            loss_dict["latent_loss"] = weight * self.latent_targets.normalised_mse(outputs["latent"], target)
+        return loss_dict
+
     def get_depth_loss(
         self,
         outputs: Dict[str, Any],

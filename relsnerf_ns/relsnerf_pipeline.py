@@ -21,15 +21,18 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from torch.cuda.amp.grad_scaler import GradScaler
+from torch.profiler import record_function
 from torchvision import utils as vutils
 
 from relsnerf_ns.distill_renders import DistillRenders
+from relsnerf_ns.latent_targets import LatentTargets, encode_images
 from relsnerf_ns.phases import Phase, PhaseScheduleConfig
 from relsnerf_ns.relsnerf_datamanager import (
     RelsNerfDataManager,
     RelsNerfDataManagerConfig,
+    aligned_crop,
+    blend_alpha,
     largest_patch,
-    random_patch,
 )
 from relsnerf_ns.relsnerf_model import (
     CheckpointMismatchError,
@@ -79,6 +82,16 @@ class RelsNerfPipeline(VanillaPipeline):
         local_rank: int = 0,
         grad_scaler: Optional[GradScaler] = None,
     ) -> None:
+        model_config = typing.cast(RelsNerfModelConfig, config.model)
+        if model_config.depth_loss_weight() <= 0 and isinstance(config.datamanager, RelsNerfDataManagerConfig):
+            # No depth rays are drawn (one field pass less per step); the datamanager says so once, with this.
+            config.datamanager.depth_rays_per_batch = 0
+            config.datamanager.depth_loss_off_reason = (
+                f"the {model_config.recipe!r} recipe leaves it off (turn it on with --pipeline.model.depth-loss-mult "
+                "0.1, the paper's lambda_d, or --pipeline.model.recipe paper)"
+                if model_config.depth_loss_mult is None
+                else "--pipeline.model.depth-loss-mult is 0"
+            )
         super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
         # RGBA crops for the latent paths are blended like the model's colour targets.
         self.datamanager.set_alpha_background(self.relsnerf_model.config.background_color)
@@ -86,6 +99,9 @@ class RelsNerfPipeline(VanillaPipeline):
         self.schedule.steps()  # validate the step counts early, with a clear message
         self.phase: Optional[Phase] = None
         self.distill_renders: Optional[DistillRenders] = None
+        self.distill_latents: Optional[Dict[str, List[torch.Tensor]]] = None
+        """Phase C's latent maps of the training and render cameras (the latent field is frozen in phase C)."""
+        self._latent_targets_decided = False
 
     @property
     def relsnerf_model(self) -> RelsNerfModel:
@@ -121,49 +137,102 @@ class RelsNerfPipeline(VanillaPipeline):
 
     def _joint_step(self, step: int):
         model = self.relsnerf_model
-        ray_bundle, batch = self.datamanager.next_joint(step)
-        # Colour rays first: nerfacto's proposal sampler trains its networks on the first pass of a step.
-        outputs = self._model(ray_bundle)
-        metrics = model.get_metrics_dict(outputs, batch)
-        loss_dict = model.get_loss_dict(outputs, batch, metrics)
+        self.ensure_latent_targets()
+        with record_function("relsnerf/data"):
+            ray_bundle, batch = self.datamanager.next_joint(step)
+        with record_function("relsnerf/colour_rays"):
+            # Colour rays first: nerfacto's proposal sampler trains its networks on the first pass of a step. With
+            # L_z on, the same pass also renders the latent on these rays (get_loss_dict adds latent_loss).
+            outputs = self._model(ray_bundle, latent=model.latent_targets is not None)
+            metrics = model.get_metrics_dict(outputs, batch)
+            loss_dict = model.get_loss_dict(outputs, batch, metrics)
         if "depth_rays" in batch:
-            depth_bundle, distance, weight = batch["depth_rays"]
-            depth_outputs = self._model(depth_bundle)
-            loss_dict["depth_loss"] = model.config.depth_loss_mult * model.get_depth_loss(
-                depth_outputs, distance.to(self.device), weight.to(self.device)
-            )
-        patch = batch["latent_patch"]
-        n = patch.latent_size
-        latent = model.render_latents(patch.ray_bundle.flatten().to(self.device))["latent"].view(n, n, -1)
-        decoded = model.decode_latent_map(latent)
-        patch_mse = F.mse_loss(decoded, patch.image.to(self.device))
+            with record_function("relsnerf/depth_rays"):
+                depth_bundle, distance, weight = batch["depth_rays"]
+                depth_outputs = self._model(depth_bundle)
+                loss_dict["depth_loss"] = model.config.depth_loss_weight() * model.get_depth_loss(
+                    depth_outputs, distance.to(self.device), weight.to(self.device)
+                )
+        with record_function("relsnerf/latent_patch"):
+            patch = batch["latent_patch"]
+            n = patch.latent_size
+            latent = model.render_latents(patch.ray_bundle.flatten().to(self.device))["latent"].view(n, n, -1)
+            decoded = model.decode_latent_map(latent)
+            patch_mse = F.mse_loss(decoded, patch.image.to(self.device))
         loss_dict["patch_loss"] = model.config.patch_loss_mult * patch_mse
         metrics["patch_psnr"] = -10.0 * torch.log10(patch_mse.detach().clamp_min(1e-10))
         return outputs, loss_dict, metrics
 
+    def ensure_latent_targets(self) -> Optional[LatentTargets]:
+        """Encode the training images once, at the first phase-B step of this process, when L_z is on (said once).
+
+        The encoder is frozen from phase B on, so the targets are the same in a resumed run. They need an encoder
+        that has learnt something: a pretrained one, or one that phase A trained."""
+        model = self.relsnerf_model
+        if self._latent_targets_decided:
+            return model.latent_targets
+        self._latent_targets_decided = True
+        if model.config.latent_loss_weight() <= 0:
+            return None
+        if not model.autoencoder.is_pretrained and self.schedule.length_of(Phase.AE_PRETRAIN) == 0:
+            CONSOLE.print(
+                "[yellow]Latent loss L_z off: the encoder is neither pretrained nor trained in phase A (skipped), so "
+                "its latents are no targets; the latent field learns through the decoder (L_p) alone."
+            )
+            return None
+        background = self.datamanager.alpha_background
+        images = [blend_alpha(image, background) for image in self.datamanager.train_images]
+        maps = encode_images(model.autoencoder.encode, images, self.device)
+        model.latent_targets = LatentTargets(maps)
+        std = model.latent_targets.std
+        CONSOLE.print(
+            f"Latent loss L_z on: encoder latents of {len(maps)} training images ({model.latent_targets.channels} "
+            f"channels, spread {float(std.min()):.3g}-{float(std.max()):.3g}) supervise the latent of every colour ray."
+        )
+        return model.latent_targets
+
     def _distill_step(self, step: int):
+        """Decoder fine-tuning (eq. 4) on crops of the latent maps of real images and of RGB-NeRF renders.
+
+        The latent field is frozen in phase C, so each camera's latent map is rendered once (`ensure_distill_data`)
+        and a step crops it: crops start at multiples of 8 pixels, on the latent grid that inference renders."""
         model = self.relsnerf_model
         renders = self.ensure_distill_renders()
-        real = self.datamanager.next_real_crop()
-        size = real.size
-        synthetic = [
-            random_patch(renders.cameras.to(self.device), renders.images, largest_patch(size, renders.images))
-            for _ in range(self.config.distill_renders_per_step)
-        ]
-
-        def decoded_mse(patch) -> torch.Tensor:
-            n = patch.latent_size
-            with torch.no_grad():  # phase C trains the decoder only
-                latent = model.render_latents(patch.ray_bundle.flatten().to(self.device))["latent"].view(n, n, -1)
-            return F.mse_loss(model.decode_latent_map(latent), patch.image.to(self.device))
-
-        real_mse = decoded_mse(real)
-        loss_dict = {"distill_real_loss": self.config.distill_real_weight * real_mse}
-        if synthetic:
-            render_mse = torch.stack([decoded_mse(p) for p in synthetic]).mean()
-            loss_dict["distill_render_loss"] = (1.0 - self.config.distill_real_weight) * render_mse
-        metrics = {"distill_real_psnr": -10.0 * torch.log10(real_mse.detach().clamp_min(1e-10))}
+        latents = self.ensure_distill_latents()
+        train_images = self.datamanager.train_images
+        size = largest_patch(self.datamanager.patch_sizes["distill_crop"], renders.images or train_images)
+        background = self.datamanager.alpha_background
+        real = int(torch.randint(len(train_images), (1,)))
+        crops = [aligned_crop(train_images[real], latents["train"][real], size, background)]
+        for _ in range(self.config.distill_renders_per_step if renders.images else 0):
+            index = int(torch.randint(len(renders.images), (1,)))
+            crops.append(aligned_crop(renders.images[index], latents["renders"][index], size))
+        targets = torch.stack([image for image, _ in crops]).to(self.device)
+        with torch.no_grad():
+            latent_batch = torch.stack([latent for _, latent in crops]).to(self.device)
+        per_crop = ((model.decode_latent_map(latent_batch) - targets) ** 2).mean(dim=(1, 2, 3))
+        loss_dict = {"distill_real_loss": self.config.distill_real_weight * per_crop[0]}
+        if len(crops) > 1:
+            loss_dict["distill_render_loss"] = (1.0 - self.config.distill_real_weight) * per_crop[1:].mean()
+        metrics = {"distill_real_psnr": -10.0 * torch.log10(per_crop[0].detach().clamp_min(1e-10))}
         return {}, loss_dict, metrics
+
+    def ensure_distill_latents(self) -> Dict[str, List[torch.Tensor]]:
+        """The latent maps [rows, cols, n] of every training camera and every phase-C render camera, made once."""
+        if self.distill_latents is None:
+            model = self.relsnerf_model
+            renders = self.ensure_distill_renders()
+            was_training = model.training
+            model.eval()
+            cameras = self.datamanager.train_cameras
+            self.distill_latents = {
+                "train": [model.render_latent_frame(cameras[i : i + 1])["latent"] for i in range(len(cameras))],
+                "renders": [
+                    model.render_latent_frame(renders.cameras[i : i + 1])["latent"] for i in range(len(renders.cameras))
+                ],
+            }
+            model.train(was_training)
+        return self.distill_latents
 
     @property
     def num_distill_renders(self) -> int:

@@ -33,6 +33,7 @@ from nerfstudio.engine.trainer import TRAIN_INTERATION_OUTPUT, Trainer, TrainerC
 from nerfstudio.utils import profiler
 from nerfstudio.utils.decorators import check_main_thread
 from nerfstudio.utils.rich_utils import CONSOLE
+from torch.profiler import record_function
 
 from relsnerf_ns.relsnerf_pipeline import RelsNerfPipeline, RelsNerfPipelineConfig
 from relsnerf_ns.rng_state import RngSnapshot, capture_rng_state, restore_rng_state, snapshot_rng_state
@@ -179,7 +180,8 @@ class RelsNerfTrainer(Trainer):
         with torch.autocast(device_type=device_type, enabled=self.mixed_precision):
             _, loss_dict, metrics_dict = self.pipeline.get_train_loss_dict(step=step)
             loss = functools.reduce(torch.add, loss_dict.values())
-        self.grad_scaler.scale(loss).backward()  # type: ignore
+        with record_function("relsnerf/backward"):
+            self.grad_scaler.scale(loss).backward()  # type: ignore
         stepping = [
             group
             for group in self.optimizers.parameters
@@ -189,11 +191,13 @@ class RelsNerfTrainer(Trainer):
         if scaled:
             for group in stepping:
                 self.grad_scaler.unscale_(self.optimizers.optimizers[group])
-        finite = torch.isfinite(loss.detach())
-        grads = self._gradients(stepping)
-        if grads:
-            finite = finite & torch.stack(torch._foreach_norm(grads)).isfinite().all()
-        if not bool(finite):
+        with record_function("relsnerf/finite_check"):
+            finite = torch.isfinite(loss.detach())
+            grads = self._gradients(stepping)
+            if grads:
+                finite = finite & torch.stack(torch._foreach_norm(grads)).isfinite().all()
+            finite = bool(finite)
+        if not finite:
             loss_is_finite = bool(torch.isfinite(loss.detach()))
             reason = self._nonfinite_reason(loss_dict, stepping)
             if scaled:
@@ -207,11 +211,12 @@ class RelsNerfTrainer(Trainer):
             self._last_completed_step = step
             return loss, loss_dict, metrics_dict
 
-        for group in stepping:
-            max_norm = self.optimizers.config[group]["optimizer"].max_norm
-            if max_norm is not None:  # gradients are unscaled at this point
-                torch.nn.utils.clip_grad_norm_(self.optimizers.parameters[group], max_norm)
-            self.grad_scaler.step(self.optimizers.optimizers[group])
+        with record_function("relsnerf/optimizer"):
+            for group in stepping:
+                max_norm = self.optimizers.config[group]["optimizer"].max_norm
+                if max_norm is not None:  # gradients are unscaled at this point
+                    torch.nn.utils.clip_grad_norm_(self.optimizers.parameters[group], max_norm)
+                self.grad_scaler.step(self.optimizers.optimizers[group])
         if self.config.log_gradients:
             total_grad = 0
             for tag, value in self.pipeline.model.named_parameters():

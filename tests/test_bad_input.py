@@ -17,7 +17,13 @@ from PIL import Image
 from relsnerf_ns.demo_scene import demo_camera_poses, render_view
 from relsnerf_ns.image_files import ImageFileError, read_image
 from relsnerf_ns.phases import Phase
-from relsnerf_ns.relsnerf_datamanager import ImageSizeError, RelsNerfDataManagerConfig, blend_alpha, random_patch
+from relsnerf_ns.relsnerf_datamanager import (
+    ImageSizeError,
+    RelsNerfDataManagerConfig,
+    aligned_crop,
+    blend_alpha,
+    random_patch,
+)
 
 from .conftest import tiny_config
 
@@ -125,7 +131,9 @@ def test_patches_shrink_once_to_the_smallest_image_with_one_message(mixed):
     assert "phase-B latent patch 32x32 (4x4 latent pixels) instead of 256x256" in printed
     assert "phase-A crops 32x32 instead of 512x512" in printed and "phase-C crops 32x32 instead of 512x512" in printed
     assert datamanager.next_ae_batch(0).shape == (2, 3, 32, 32)
-    assert datamanager.next_real_crop().image.shape == (3, 32, 32)
+    size = datamanager.patch_sizes["distill_crop"]
+    image, latent = aligned_crop(datamanager.train_images[2], torch.zeros(5, 6, 4), size)
+    assert image.shape == (3, 32, 32) and latent.shape == (4, 4, 4)
 
 
 def test_images_of_different_sizes_and_formats_load_as_they_are(mixed):

@@ -53,6 +53,13 @@ class LatentAutoencoder(nn.Module):
         return self.decode(self.encode(images))
 
     @property
+    def is_pretrained(self) -> bool:
+        """Whether the weights were loaded from a trained model (then the encoder's latents mean something before
+        phase A has run)."""
+        init = getattr(getattr(self, "config", None), "init", None)
+        return init == "pretrained"
+
+    @property
     def architecture(self) -> str:
         """A short name of the architecture, stored in checkpoints so a resume with another autoencoder fails loudly."""
         return type(self).__name__

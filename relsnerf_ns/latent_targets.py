@@ -1,0 +1,97 @@
+"""The encoder's latent maps of the training images: direct targets for the latent field (L_z).
+
+The paper trains the latent field only through the decoder, on one 32x32 latent patch per step (L_p). With the
+phase-A encoder E frozen from phase B on, E(I) of every training image is a fixed latent target, so every colour ray
+of a step can also supervise the latent rendered on it (as latent-space NeRFs such as IG-AE train theirs): the same
+samples and weights, one more head evaluated, and ~4x more latent supervision per step than the patch gives.
+
+Latent pixel (i, j) stands for the 8x8 block whose centre is pixel coordinate (8i + 4, 8j + 4) (`latent_rays.py`); a
+colour ray through pixel (y, x) (coordinate (y + 0.5, x + 0.5)) gets the bilinear interpolation of the latent map at
+((y + 0.5) / 8 - 0.5, (x + 0.5) / 8 - 0.5), which is exact at block centres. The loss is the mean squared error in
+units of each latent channel's standard deviation over the training set, so that channels of small and large spread
+(SD-VAE latents span about [-4, 4], TAEF2's much less) weigh alike and the weight means the same for every autoencoder.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, List
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+
+LATENT_DOWNSCALE = 8
+
+
+class LatentTargets:
+    """Latent maps of the training images (channels last, padded to one size) and per-channel statistics."""
+
+    def __init__(self, maps: List[Float[Tensor, "n rows cols"]]) -> None:
+        if not maps:
+            raise ValueError("latent targets need at least one training image")
+        channels = int(maps[0].shape[0])
+        rows = max(int(m.shape[1]) for m in maps)
+        cols = max(int(m.shape[2]) for m in maps)
+        stack = maps[0].new_zeros(len(maps), rows, cols, channels)
+        for index, latent in enumerate(maps):
+            stack[index, : latent.shape[1], : latent.shape[2]] = latent.permute(1, 2, 0)
+        self.maps: Float[Tensor, "images rows cols n"] = stack
+        self.sizes: Int[Tensor, "images 2"] = torch.tensor(
+            [[int(m.shape[1]), int(m.shape[2])] for m in maps], device=stack.device
+        )
+        values = torch.cat([m.permute(1, 2, 0).reshape(-1, channels) for m in maps])
+        self.mean: Float[Tensor, "n"] = values.mean(dim=0)
+        # A channel that is constant over the training set would divide by zero: floor the spread.
+        self.std: Float[Tensor, "n"] = values.std(dim=0).clamp_min(1e-3 * float(values.std().clamp_min(1e-8)))
+
+    @property
+    def channels(self) -> int:
+        return int(self.maps.shape[-1])
+
+    def to(self, device: torch.device | str) -> "LatentTargets":
+        for name in ("maps", "sizes", "mean", "std"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
+    def at_pixels(self, indices: Int[Tensor, "rays 3"]) -> Float[Tensor, "rays n"]:
+        """Targets of colour rays through pixels (camera index, y, x): bilinear between block centres."""
+        indices = indices.to(self.maps.device).long()
+        camera, y, x = indices[:, 0], indices[:, 1], indices[:, 2]
+        rows, cols = self.sizes[camera, 0], self.sizes[camera, 1]
+        u = ((y.float() + 0.5) / LATENT_DOWNSCALE - 0.5).clamp_min(0.0)
+        v = ((x.float() + 0.5) / LATENT_DOWNSCALE - 0.5).clamp_min(0.0)
+        u = torch.minimum(u, (rows - 1).float())
+        v = torch.minimum(v, (cols - 1).float())
+        u0, v0 = u.floor().long(), v.floor().long()
+        u1, v1 = torch.minimum(u0 + 1, rows - 1), torch.minimum(v0 + 1, cols - 1)
+        fu, fv = (u - u0.float())[:, None], (v - v0.float())[:, None]
+        maps = self.maps
+        top = maps[camera, u0, v0] * (1 - fv) + maps[camera, u0, v1] * fv
+        bottom = maps[camera, u1, v0] * (1 - fv) + maps[camera, u1, v1] * fv
+        return top * (1 - fu) + bottom * fu
+
+    def normalised_mse(self, predicted: Float[Tensor, "rays n"], target: Float[Tensor, "rays n"]) -> Tensor:
+        """Mean squared error in units of each channel's standard deviation over the training latents."""
+        return (((predicted.float() - target) / self.std) ** 2).mean()
+
+
+@torch.no_grad()
+def encode_images(
+    encode: Callable[[Tensor], Tensor],
+    images: List[Float[Tensor, "H W 3"]],
+    device: torch.device | str,
+) -> List[Float[Tensor, "n rows cols"]]:
+    """E(I) of each image (RGB in [0, 1]), one at a time; sides that are not multiples of 8 are padded by edge
+    replication (the latent rays of the last, partial block row and column see the padded block too)."""
+    maps = []
+    for image in images:
+        height, width = int(image.shape[0]), int(image.shape[1])
+        batch = image.to(device).float().permute(2, 0, 1)[None]
+        pad_h = math.ceil(height / LATENT_DOWNSCALE) * LATENT_DOWNSCALE - height
+        pad_w = math.ceil(width / LATENT_DOWNSCALE) * LATENT_DOWNSCALE - width
+        if pad_h or pad_w:
+            batch = F.pad(batch, (0, pad_w, 0, pad_h), mode="replicate")
+        maps.append(encode(batch.contiguous())[0].float())
+    return maps

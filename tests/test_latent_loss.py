@@ -1,0 +1,216 @@
+"""L_z (the encoder's latents as targets of the colour rays' latents), the loss recipes, and phase C's latent maps."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from nerfstudio.data.scene_box import SceneBox
+
+from relsnerf_ns.latent_rays import latent_ray_bundle
+from relsnerf_ns.latent_targets import LatentTargets, encode_images
+from relsnerf_ns.phases import Phase
+from relsnerf_ns.relsnerf_config import relsnerf_r32
+from relsnerf_ns.relsnerf_datamanager import aligned_crop
+
+from .conftest import TINY_AE, TINY_MODEL, tiny_config
+from .test_llff_dataparser import write_llff_scene
+from .test_model import camera
+
+
+@pytest.fixture(scope="module")
+def llff_scene(tmp_path_factory):
+    """A procedural LLFF scene with sparse COLMAP points (40x30 images)."""
+    root = tmp_path_factory.mktemp("llff_latent")
+    write_llff_scene(root)
+    return root
+
+
+def ramp_map(rows: int, cols: int, channels: int = 3) -> torch.Tensor:
+    """Channel c of latent pixel (i, j) is (c + 1) * i + 10 * j: linear, so bilinear sampling is exact."""
+    i = torch.arange(rows, dtype=torch.float32)[:, None]
+    j = torch.arange(cols, dtype=torch.float32)[None, :]
+    return torch.stack([(c + 1) * i + 10 * j for c in range(channels)])
+
+
+def test_targets_are_bilinear_between_block_centres_and_clamped_at_the_borders():
+    targets = LatentTargets([ramp_map(6, 8), ramp_map(4, 5) + 100.0])
+    # Pixel (y, x) has centre (y + 0.5, x + 0.5); latent pixel i's block centre is pixel coordinate 8i + 4.
+    pixels = torch.tensor([[0, 19, 27], [0, 20, 28], [1, 11, 3], [0, 0, 0], [1, 31, 39], [0, 47, 63]])
+    got = targets.at_pixels(pixels)
+    u = (pixels[:, 1].float() + 0.5) / 8 - 0.5
+    v = (pixels[:, 2].float() + 0.5) / 8 - 0.5
+    rows = torch.tensor([6, 6, 4, 6, 4, 6]).float()
+    cols = torch.tensor([8, 8, 5, 8, 5, 8]).float()
+    u = torch.minimum(u.clamp_min(0), rows - 1)
+    v = torch.minimum(v.clamp_min(0), cols - 1)
+    offset = torch.where(pixels[:, 0] == 1, 100.0, 0.0)
+    for c in range(3):
+        torch.testing.assert_close(got[:, c], (c + 1) * u + 10 * v + offset)
+    # The second image is smaller: its rays clamp to its own last row and column, not the padding.
+    assert got[4, 0] == pytest.approx(1 * 3 + 10 * 4 + 100.0)
+
+
+def test_targets_normalise_each_channel_by_its_spread():
+    small, large = torch.randn(1, 4, 4) * 0.01, torch.randn(1, 4, 4) * 10.0
+    targets = LatentTargets([torch.cat([small, large])])
+    torch.testing.assert_close(targets.std, torch.stack([small.std(), large.std()]))
+    error = torch.zeros(16, 2)
+    error[:, 0] = small.std()  # one spread off in channel 0 ...
+    error[:, 1] = large.std()  # ... and in channel 1 weigh alike
+    assert targets.normalised_mse(error, torch.zeros(16, 2)) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_encode_images_pads_sides_to_multiples_of_8_by_replication():
+    seen = []
+
+    def encode(batch):
+        seen.append(batch)
+        return batch[:, :, ::8, ::8]
+
+    image = torch.rand(13, 10, 3)
+    (latent,) = encode_images(encode, [image], "cpu")
+    assert seen[0].shape == (1, 3, 16, 16) and latent.shape == (3, 2, 2)
+    torch.testing.assert_close(seen[0][0, :, 15, 9], image[12, 9])  # bottom rows copy the last row
+    torch.testing.assert_close(seen[0][0, :, 3, 15], image[3, 9])  # right columns copy the last column
+
+
+@pytest.fixture()
+def model():
+    torch.manual_seed(0)
+    config = copy.deepcopy(relsnerf_r32.config.pipeline.model)
+    for k, v in TINY_MODEL.items():
+        setattr(config, k, v)
+    for k, v in TINY_AE["relsnerf-r32"].items():
+        setattr(config.autoencoder, k, v)
+    scene_box = SceneBox(aabb=torch.tensor([[-1.5, -1.5, -1.5], [1.5, 1.5, 1.5]]))
+    return config.setup(scene_box=scene_box, num_train_data=4, metadata={}, device="cpu")
+
+
+def test_latent_loss_reaches_only_the_latent_field(model):
+    model.train()
+    cam = camera()
+    bundle = cam.generate_rays(camera_indices=0, keep_shape=False)
+    rays = bundle[torch.arange(0, 64 * 48, 37)]
+    pixels = torch.stack(torch.meshgrid(torch.arange(48), torch.arange(64), indexing="ij"), -1).reshape(-1, 2)
+    indices = torch.cat([torch.zeros(len(pixels), 1, dtype=torch.long), pixels], dim=1)[torch.arange(0, 64 * 48, 37)]
+    model.latent_targets = LatentTargets([torch.randn(8, 6, 8)])
+    outputs = model(rays, latent=True)
+    assert outputs["latent"].shape == (len(rays), 8)
+    batch = {"image": torch.rand(len(rays), 3), "indices": indices}
+    metrics = model.get_metrics_dict(outputs, batch)
+    loss = model.get_loss_dict(outputs, batch, metrics)["latent_loss"]
+    assert loss > 0
+    loss.backward()
+    groups = model.get_param_groups()
+    reached = {
+        name for name, params in groups.items() if any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
+    }
+    assert reached == {"latent_field"}
+
+
+def test_no_latent_loss_without_targets_or_with_weight_zero(model):
+    model.train()
+    rays = camera().generate_rays(camera_indices=0, keep_shape=False)[:32]
+    batch = {"image": torch.rand(32, 3), "indices": torch.zeros(32, 3, dtype=torch.long)}
+    outputs = model(rays, latent=True)
+    assert "latent_loss" not in model.get_loss_dict(outputs, batch, model.get_metrics_dict(outputs, batch))
+    model.latent_targets = LatentTargets([torch.randn(8, 6, 8)])
+    model.config.latent_loss_mult = 0.0
+    assert "latent_loss" not in model.get_loss_dict(outputs, batch, model.get_metrics_dict(outputs, batch))
+    model.eval()
+    with pytest.raises(RuntimeError, match="training output"):
+        model(rays, latent=True)
+
+
+def test_recipes_set_the_loss_weights_and_flags_override_them():
+    config = copy.deepcopy(relsnerf_r32.config.pipeline.model)
+    assert config.recipe == "relsnerf"
+    assert (config.depth_loss_weight(), config.latent_loss_weight()) == (0.0, 1.0)
+    config.recipe = "paper"
+    assert (config.depth_loss_weight(), config.latent_loss_weight()) == (0.1, 0.0)
+    config.depth_loss_mult, config.latent_loss_mult = 0.01, 0.5
+    assert (config.depth_loss_weight(), config.latent_loss_weight()) == (0.01, 0.5)
+
+
+def phase_b_losses(trainer, steps):
+    trainer.pipeline.train()
+    losses = {}
+    for step in steps:
+        _, loss_dict, _ = trainer.train_iteration(step)
+        losses.setdefault(trainer.pipeline.phase, set()).update(loss_dict)
+    return losses
+
+
+def test_default_recipe_trains_latent_loss_and_no_depth_loss_with_sparse_depth(llff_scene, tmp_path, capsys):
+    config = tiny_config("relsnerf-r32", llff_scene, tmp_path, steps=(2, 2, 1))
+    config.pipeline.datamanager.dataparser = _llff(llff_scene)
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    printed = " ".join(capsys.readouterr().out.split())
+    assert printed.count("DS-NeRF depth loss off") == 1 and "'relsnerf' recipe leaves it off" in printed, printed
+    assert trainer.pipeline.datamanager.sparse_depth is None
+    losses = phase_b_losses(trainer, range(4))
+    assert "latent_loss" in losses[Phase.JOINT] and "depth_loss" not in losses[Phase.JOINT]
+    printed = " ".join(capsys.readouterr().out.split())
+    assert printed.count("Latent loss L_z on") == 1, printed
+    targets = trainer.pipeline.model.latent_targets
+    images = trainer.pipeline.datamanager.train_images
+    assert targets.maps.shape[0] == len(images) and targets.channels == 8
+
+
+def test_paper_recipe_trains_depth_loss_and_no_latent_loss(llff_scene, tmp_path, capsys):
+    config = tiny_config("relsnerf-r32", llff_scene, tmp_path, steps=(2, 2, 1))
+    config.pipeline.datamanager.dataparser = _llff(llff_scene)
+    config.pipeline.model.recipe = "paper"
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    assert "DS-NeRF depth loss on" in " ".join(capsys.readouterr().out.split())
+    losses = phase_b_losses(trainer, range(4))
+    assert "depth_loss" in losses[Phase.JOINT] and "latent_loss" not in losses[Phase.JOINT]
+    assert trainer.pipeline.model.latent_targets is None
+
+
+def test_latent_loss_is_off_with_one_message_when_the_encoder_never_trained(scene, tmp_path, capsys):
+    config = tiny_config("relsnerf-r32", scene, tmp_path, steps=(0, 3, 0))  # R32 is random; phase A skipped
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    losses = phase_b_losses(trainer, range(3))
+    assert "latent_loss" not in losses[Phase.JOINT]
+    printed = " ".join(capsys.readouterr().out.split())
+    assert printed.count("Latent loss L_z off: the encoder is neither pretrained nor trained in phase A") == 1
+
+
+def test_phase_c_crops_the_latent_maps_that_inference_renders(scene, tmp_path):
+    config = tiny_config("relsnerf-r32", scene, tmp_path, steps=(1, 2, 2))
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    phase_b_losses(trainer, range(4))
+    pipeline, model = trainer.pipeline, trainer.pipeline.model
+    latents = pipeline.distill_latents
+    cameras = pipeline.datamanager.train_cameras
+    assert len(latents["train"]) == len(cameras) and len(latents["renders"]) == 3
+    assert latents["train"][0].shape == (6, 8, 8)  # 48x64 images, 8 latent channels
+    # The map of a camera equals the latents of the rays through its blocks, rendered directly; a crop of it is
+    # the latent of that crop's blocks.
+    model.eval()
+    with torch.no_grad():
+        direct = model.render_latents(latent_ray_bundle(cameras, 1, 16, 24, 2, 3).flatten())["latent"]
+    torch.testing.assert_close(latents["train"][1][2:4, 3:6].reshape(6, -1), direct, atol=1e-5, rtol=1e-5)
+    torch.manual_seed(3)
+    image, latent = aligned_crop(pipeline.datamanager.train_images[1], latents["train"][1], 32)
+    assert image.shape == (3, 32, 32) and latent.shape == (4, 4, 8)
+    torch.manual_seed(3)
+    top = 8 * int(torch.randint((48 - 32) // 8 + 1, (1,)))
+    left = 8 * int(torch.randint((64 - 32) // 8 + 1, (1,)))
+    torch.testing.assert_close(
+        image, pipeline.datamanager.train_images[1][top : top + 32, left : left + 32].permute(2, 0, 1)
+    )
+    torch.testing.assert_close(latent, latents["train"][1][top // 8 : top // 8 + 4, left // 8 : left // 8 + 4])
+
+
+def _llff(root):
+    from relsnerf_ns.llff_dataparser import LLFFDataParserConfig
+
+    return LLFFDataParserConfig(data=root, downscale_factor=1)
