@@ -13,8 +13,8 @@ What is measured:
 
 - training (`benchmark_train.py`): every model on the same data and split, ReLS-NeRF through phases A, B, C, nerfacto
   for as many steps as phase B; wall time per phase, peak GPU memory;
-- evaluation (`benchmark_eval.py`): PSNR, SSIM and LPIPS (when its AlexNet weights are in the torch cache) on the
-  held-out views for each output (nerfacto: `rgb`; ReLS-NeRF: `decoded` and its colour NeRF `rgb_nerf`), and RCC on
+- evaluation (`benchmark_eval.py`): PSNR, SSIM, FLIP and LPIPS (when its AlexNet weights are in the torch cache) on
+  the held-out views for each output (nerfacto: `rgb`; ReLS-NeRF: `decoded` and its colour NeRF `rgb_nerf`), and RCC on
   an LLFF-style spiral video (`benchmark_spiral.py`);
 - timing: the median full-resolution render time per frame of every output of every model, measured in one process
   on the same cameras, so the speed-up ratios compare like with like;
@@ -467,7 +467,11 @@ def collect_report(layout: Layout, command: str) -> BenchmarkReport:
             for output in model.outputs:
                 values = evaluation["quality"].get(output, {})
                 result.quality[output] = QualityMetrics(
-                    psnr=values.get("psnr"), ssim=values.get("ssim"), lpips=values.get("lpips"), rcc=values.get("rcc")
+                    psnr=values.get("psnr"),
+                    ssim=values.get("ssim"),
+                    flip=values.get("flip"),
+                    lpips=values.get("lpips"),
+                    rcc=values.get("rcc"),
                 )
             decoded = evaluation["quality"].get("decoded", {})
             if decoded.get("psnr_plain_path") is not None and decoded.get("psnr") is not None:
@@ -661,7 +665,7 @@ class Train(_Folder, _Training):
 
 @dataclass(kw_only=True)
 class Evaluate(_Evaluation, _Folder):
-    """Evaluate one trained model: held-out PSNR/SSIM/LPIPS per output and RCC on the spiral video."""
+    """Evaluate one trained model: held-out PSNR/SSIM/FLIP/LPIPS per output and RCC on the spiral video."""
 
     model: ModelName
     """The model to evaluate."""

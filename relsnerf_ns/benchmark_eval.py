@@ -100,7 +100,8 @@ def held_out_quality(
     save_images: int = 1,
     save_prefix: Optional[str] = None,
 ) -> Dict[str, object]:
-    """Mean PSNR / SSIM / LPIPS per output over the evaluation split, with the per-frame render times of this pass.
+    """Mean PSNR / SSIM / FLIP / LPIPS per output over the evaluation split, with the per-frame render times of this
+    pass.
 
     The first view is rendered untimed first (`warmup_renders`: first-call costs are not render time).
     `save_images` views are written as `<save_prefix>_<index>.png`: ground truth, then each output, side by side.

@@ -2,7 +2,7 @@
 
 The benchmark trains nerfacto and ReLS-NeRF variants on one scene and fills a `BenchmarkReport`:
 
-- `ModelResult.quality[output]`: held-out PSNR / SSIM / LPIPS and the spiral-video RCC per output. Outputs are
+- `ModelResult.quality[output]`: held-out PSNR / SSIM / FLIP / LPIPS and the spiral-video RCC per output. Outputs are
   `"rgb"` (nerfacto), `"decoded"` (ReLS-NeRF: the decoder applied to the rendered latent map) and `"rgb_nerf"`
   (ReLS-NeRF's colour NeRF branch).
 - `ModelResult.timing[output]`: median full-resolution render time per frame.
@@ -48,10 +48,13 @@ T = TypeVar("T")
 
 @dataclass
 class QualityMetrics:
-    """Quality of one output: held-out-view PSNR (dB), SSIM, LPIPS, and RCC (dB) on the spiral video."""
+    """Quality of one output: held-out-view PSNR (dB), SSIM, FLIP, LPIPS, and RCC (dB) on the spiral video."""
 
     psnr: Optional[float] = None
     ssim: Optional[float] = None
+    flip: Optional[float] = None
+    """Mean LDR-FLIP error (0 = identical, lower is better) at FLIP's default 67 pixels per degree; None when not
+    measured (an evaluation recorded before FLIP was part of it)."""
     lpips: Optional[float] = None
     """None when not measured (its AlexNet weights are downloaded on first use, which an offline machine cannot)."""
     rcc: Optional[float] = None
@@ -332,7 +335,7 @@ def markdown_report(report: BenchmarkReport) -> str:
         f"## Table 1: quality (held-out views; RCC on the {report.video_frames}-frame spiral video)",
         "",
     ]
-    rows, missing_lpips, missing_rcc, missing_other = [], False, False, False
+    rows, missing_lpips, missing_flip, missing_rcc, missing_other = [], False, False, False, False
     for model, output, q in _quality_rows(report):
         rows.append(
             [
@@ -340,20 +343,28 @@ def markdown_report(report: BenchmarkReport) -> str:
                 output_label(output),
                 format_number(q.psnr, ".2f"),
                 format_number(q.ssim, ".3f"),
+                format_number(q.flip, ".3f"),
                 format_number(q.lpips, ".3f"),
                 format_number(q.rcc, ".2f"),
                 str(model.num_eval_images) if model.num_eval_images is not None else MISSING,
             ]
         )
         missing_lpips |= not _finite(q.lpips)
+        missing_flip |= not _finite(q.flip)
         missing_rcc |= not _finite(q.rcc)
         missing_other |= not (_finite(q.psnr) and _finite(q.ssim))
-    header = ["Method", "Output", "PSNR↑", "SSIM↑", "LPIPS↓", "RCC↑ (dB)", "Eval images"]
-    lines += _table(header, ["---", "---", "---:", "---:", "---:", "---:", "---:"], rows) if rows else ["(no results)"]
+    header = ["Method", "Output", "PSNR↑", "SSIM↑", "FLIP↓", "LPIPS↓", "RCC↑ (dB)", "Eval images"]
+    align = ["---", "---"] + ["---:"] * (len(header) - 2)
+    lines += _table(header, align, rows) if rows else ["(no results)"]
     if missing_lpips:
         footnotes.append(
             f"LPIPS {MISSING}: not measured; its AlexNet weights are downloaded on first use and were not in the "
             "torch cache (offline machine)."
+        )
+    if missing_flip:
+        footnotes.append(
+            f"FLIP {MISSING}: not measured for this output (its evaluation was recorded before FLIP was measured: "
+            "run relsnerf-bench evaluate --model NAME again)."
         )
     if missing_rcc:
         footnotes.append(

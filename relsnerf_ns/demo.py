@@ -80,7 +80,7 @@ def main() -> None:
     run([tool("ns-eval"), "--load-config", config, "--output-path", metrics], "ns-eval on the held-out views")
     results = json.loads(metrics.read_text())["results"]
     print("\nHeld-out metrics (decoded output | RGB-NeRF):")
-    for name in ("psnr", "ssim", "lpips"):
+    for name in ("psnr", "ssim", "flip", "lpips"):
         if name in results:
             print(f"  {name:6s} {results[name]:8.3f} | {results.get(name + '_rgb_nerf', float('nan')):8.3f}")
     print(f"\nvideo: {video}\nmetrics: {metrics}\nrun: {config.parent}")

@@ -287,8 +287,9 @@ class RelsNerfPipeline(VanillaPipeline):
         """Held-out quality and speed of the decoded output and of the RGB-NeRF (one ray per pixel), side by side.
 
         Each frame is rendered both ways, each render timed on its own (device-synchronised) at the evaluation
-        resolution. Keys: psnr, ssim, lpips (when available), ms_per_frame, fps for the decoded output, the same
-        with the suffix `_rgb_nerf` for the RGB-NeRF, and `speedup_over_rgb_nerf`. `ns-eval` writes them to its JSON.
+        resolution. Keys: psnr, ssim, flip (mean LDR-FLIP error), lpips (when available), ms_per_frame, fps for the
+        decoded output, the same with the suffix `_rgb_nerf` for the RGB-NeRF, and `speedup_over_rgb_nerf`. `ns-eval`
+        writes them to its JSON.
         """
         model = self.relsnerf_model
         self.eval()
@@ -400,7 +401,8 @@ def print_side_by_side(metrics: Dict[str, float]) -> None:
     table.add_column("metric")
     table.add_column("decoded")
     table.add_column("RGB-NeRF")
-    for name, fmt in (("psnr", "{:.2f}"), ("ssim", "{:.4f}"), ("lpips", "{:.4f}"), ("ms_per_frame", "{:.1f}")):
+    rows = (("psnr", "{:.2f}"), ("ssim", "{:.4f}"), ("flip", "{:.4f}"), ("lpips", "{:.4f}"), ("ms_per_frame", "{:.1f}"))
+    for name, fmt in rows:
         decoded, rgb_nerf = metrics.get(name), metrics.get(f"{name}_rgb_nerf")
         table.add_row(
             name,

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from relsnerf_ns.benchmark import All, Evaluate, Report, Train, main
+from relsnerf_ns.benchmark_report import MISSING
 from relsnerf_ns.benchmark_spiral import average_pose, llff_spiral
 
 from .conftest import TINY_AE, TINY_DATA, TINY_MODEL
@@ -100,6 +101,7 @@ def check_report(output: Path, paths: Dict[str, Path]) -> Dict:
         for kind in OUTPUTS[name]:
             quality = model["quality"][kind]
             assert 0 < quality["psnr"] < 60 and 0 < quality["ssim"] <= 1, (name, kind)
+            assert 0 < quality["flip"] < 1, (name, kind)  # mean FLIP error, measured offline for every output
             assert quality["rcc"] is not None and math.isfinite(quality["rcc"]), (name, kind)
             ms = model["timing"][kind]["ms_per_frame"]
             assert ms > 0 and model["timing"][kind]["resolution"] == [64, 48]
@@ -121,6 +123,7 @@ def check_report(output: Path, paths: Dict[str, Path]) -> Dict:
     ):
         assert markdown.count(row) == 2, row  # one row in Table 1, one in Table 2
     assert "## Table 1" in markdown and "## Table 2" in markdown
+    assert "| FLIP↓ |" in markdown and f"FLIP {MISSING}" not in markdown
     assert "camera optimizer off" in markdown and "measured in one process" in markdown
     assert "relsnerf (SD-VAE, the paper's Ours-SD) was skipped" in markdown
     with Image.open(paths["plot"]) as image:

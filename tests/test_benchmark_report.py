@@ -31,7 +31,7 @@ def fake_report() -> BenchmarkReport:
     nerfacto = ModelResult(
         name="nerfacto",
         kind="nerfacto",
-        quality={"rgb": QualityMetrics(psnr=23.52, ssim=0.7512, lpips=0.37, rcc=25.6)},
+        quality={"rgb": QualityMetrics(psnr=23.52, ssim=0.7512, flip=0.1523, lpips=0.37, rcc=25.6)},
         timing={"rgb": RenderTiming(ms_per_frame=1100.8, resolution=RES, num_frames_timed=20)},
         fit_seconds={"B": 3600.0},
         steps={"B": 30000},
@@ -44,8 +44,8 @@ def fake_report() -> BenchmarkReport:
         kind="relsnerf",
         autoencoder="r32",
         quality={
-            "decoded": QualityMetrics(psnr=23.37, ssim=0.7401, lpips=0.40, rcc=25.3),
-            "rgb_nerf": QualityMetrics(psnr=23.50, ssim=0.7499, lpips=0.371, rcc=25.58),
+            "decoded": QualityMetrics(psnr=23.37, ssim=0.7401, flip=0.1611, lpips=0.40, rcc=25.3),
+            "rgb_nerf": QualityMetrics(psnr=23.50, ssim=0.7499, flip=0.1531, lpips=0.371, rcc=25.58),
         },
         timing={
             "decoded": RenderTiming(
@@ -63,10 +63,10 @@ def fake_report() -> BenchmarkReport:
         name="relsnerf-tiny",
         kind="relsnerf",
         autoencoder="tiny",
-        # LPIPS unavailable offline; no RCC for the colour branch.
+        # LPIPS unavailable offline; no RCC for the colour branch, whose FLIP is missing too (an older evaluation).
         quality={
-            "decoded": QualityMetrics(psnr=23.1, ssim=0.73, lpips=None, rcc=25.1),
-            "rgb_nerf": QualityMetrics(psnr=23.4, ssim=0.745, lpips=None, rcc=None),
+            "decoded": QualityMetrics(psnr=23.1, ssim=0.73, flip=0.1702, lpips=None, rcc=25.1),
+            "rgb_nerf": QualityMetrics(psnr=23.4, ssim=0.745, flip=None, lpips=None, rcc=None),
         },
         timing={"decoded": RenderTiming(ms_per_frame=40.0, resolution=RES)},
         fit_seconds={"A": 45.0, "B": 1800.0},
@@ -112,6 +112,9 @@ def test_json_round_trip_is_exact(tmp_path):
     assert data["derived"]["render_seconds_120_frames"]["nerfacto/rgb"] == pytest.approx(132.096)
     assert data["derived"]["fit_seconds_total"]["relsnerf-r32"] == pytest.approx(13200.0)
     assert data["models"][2]["quality"]["decoded"]["lpips"] is None
+    assert data["models"][0]["quality"]["rgb"]["flip"] == pytest.approx(0.1523)
+    assert data["models"][1]["quality"]["rgb_nerf"]["flip"] == pytest.approx(0.1531)
+    assert data["models"][2]["quality"]["rgb_nerf"]["flip"] is None
     assert data["models"][0]["timing"]["rgb"]["fps"] == pytest.approx(1000 / 1100.8)
 
 
@@ -127,7 +130,10 @@ def test_non_finite_numbers_become_null_and_unknown_keys_are_ignored(tmp_path):
     data["future_top_level"] = {"x": 1}
     loaded = BenchmarkReport.from_dict(data)
     assert loaded.models[0].quality["rgb"].rcc is None
-    assert "| nerfacto | RGB | – | 0.751 | 0.370 | – |" in markdown_report(loaded)
+    assert "| nerfacto | RGB | – | 0.751 | 0.152 | 0.370 | – |" in markdown_report(loaded)
+    # A record written before FLIP was measured (no "flip" key) reads back as not measured.
+    del data["models"][0]["quality"]["rgb"]["flip"]
+    assert BenchmarkReport.from_dict(data).models[0].quality["rgb"].flip is None
 
 
 def test_newer_schema_is_refused():
@@ -161,17 +167,19 @@ def test_markdown_quality_table(tmp_path):
     ):
         assert header_line in text
     rows = table_rows(text, "## Table 1")
-    assert rows[0] == ["Method", "Output", "PSNR↑", "SSIM↑", "LPIPS↓", "RCC↑ (dB)", "Eval images"]
+    assert rows[0] == ["Method", "Output", "PSNR↑", "SSIM↑", "FLIP↓", "LPIPS↓", "RCC↑ (dB)", "Eval images"]
+    assert rows[1] == ["---", "---"] + ["---:"] * 6
     assert rows[2:] == [
-        ["nerfacto", "RGB", "23.52", "0.751", "0.370", "25.60", "8"],
-        ["relsnerf-r32", "decoded", "23.37", "0.740", "0.400", "25.30", "8"],
-        ["relsnerf-r32", "RGB-NeRF branch", "23.50", "0.750", "0.371", "25.58", "8"],
-        ["relsnerf-tiny", "decoded", "23.10", "0.730", MISSING, "25.10", "8"],
-        ["relsnerf-tiny", "RGB-NeRF branch", "23.40", "0.745", MISSING, MISSING, "8"],
+        ["nerfacto", "RGB", "23.52", "0.751", "0.152", "0.370", "25.60", "8"],
+        ["relsnerf-r32", "decoded", "23.37", "0.740", "0.161", "0.400", "25.30", "8"],
+        ["relsnerf-r32", "RGB-NeRF branch", "23.50", "0.750", "0.153", "0.371", "25.58", "8"],
+        ["relsnerf-tiny", "decoded", "23.10", "0.730", "0.170", MISSING, "25.10", "8"],
+        ["relsnerf-tiny", "RGB-NeRF branch", "23.40", "0.745", MISSING, MISSING, MISSING, "8"],
     ]
     # Footnotes explain each kind of missing value.
     assert f"LPIPS {MISSING}: not measured" in text
     assert f"RCC {MISSING}:" in text
+    assert f"FLIP {MISSING}: not measured for this output" in text and "relsnerf-bench evaluate" in text
     assert "relsnerf-tiny: phase C skipped (ablation)" in text
     assert "LPIPS weights were absent on this machine." in text
 
@@ -299,3 +307,11 @@ def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
 def test_describe_machine_is_one_line():
     text = br.describe_machine()
     assert "CPU cores" in text and "torch" in text and "\n" not in text
+
+
+def test_no_flip_footnote_when_every_output_has_flip():
+    report = fake_report()
+    report.models[2].quality["rgb_nerf"].flip = 0.1544
+    text = markdown_report(report)
+    assert "| relsnerf-tiny | RGB-NeRF branch | 23.40 | 0.745 | 0.154 | – | – | 8 |" in text
+    assert f"FLIP {MISSING}" not in text

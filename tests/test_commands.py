@@ -92,6 +92,7 @@ def test_ns_eval_reports_quality_and_speed_side_by_side(trained_run, tmp_path, o
             assert math.isfinite(value) and value > 0, key + suffix
         assert 5 < metrics["psnr" + suffix] < 60
         assert 0 < metrics["ssim" + suffix] <= 1
+        assert 0 < metrics["flip" + suffix] < 1  # mean FLIP error: no weights, so always there
         assert metrics["fps" + suffix] == pytest.approx(1000 / metrics["ms_per_frame" + suffix])
     assert metrics["speedup_over_rgb_nerf"] == pytest.approx(metrics["ms_per_frame_rgb_nerf"] / metrics["ms_per_frame"])
     # Measured at the evaluation resolution (the scene's 64x48 images).
@@ -100,6 +101,8 @@ def test_ns_eval_reports_quality_and_speed_side_by_side(trained_run, tmp_path, o
     assert "lpips" not in metrics and "lpips_rgb_nerf" not in metrics
     assert " ".join(result.stdout.split()).count("LPIPS skipped") == 1
     assert "decoded" in result.stdout and "RGB-NeRF" in result.stdout
+    rows = [line.replace("│", " ").replace("|", " ").split() for line in result.stdout.splitlines()]
+    assert any(row[:1] == ["flip"] and len(row) == 3 for row in rows)  # the table's row: flip, decoded, RGB-NeRF
 
 
 def test_ns_render_camera_path_writes_each_output(trained_run, loaded, tmp_path, offline_env):
