@@ -124,7 +124,7 @@ def model_timings(
 
     variants = [
         ("decoded: plain path, torch lookups (before)", "plain", False, False),
-        ("decoded: fast path, torch lookups, CUDA graphs (session 2)", "fast", False, True),
+        ("decoded: fast path, torch lookups, CUDA graphs", "fast", False, True),
         ("decoded: fast path, fused lookups, no graphs", "fast", True, False),
         ("decoded: fast path, fused lookups, CUDA graphs (default)", "fast", True, True),
     ]

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The fern benchmark of docs/results.md (short preset, 120-frame spiral) on one GPU machine, in the background:
-#   copy this file to .box/scripts/ (with the scene in .box/fern and TAEF2 weights in .box/taef2), see docs/benchmark.md.
+#   run from the repository root, with the scene in data/fern and the TAEF2 weights in weights/taef2 (see docs/benchmark.md).
 cd "$(dirname "$0")/../.."
-R="python3 -m relsnerf_ns.benchmark"
+R="relsnerf-bench"
 O="--output-dir outputs/bench/fern"
-D="--data .box/fern --dataparser llff-data --downscale-factor 4 --taef2-weights .box/taef2 --schedule short"
+D="--data data/fern --dataparser llff-data --downscale-factor 4 --taef2-weights weights/taef2 --schedule short"
 step() { echo "=== $(date +%T) start: $*"; "$@" 2>&1 | grep -v -E "Warning|warn|^\s*$|c2w = |mask = |custom_(fwd|bwd)" ; echo "=== $(date +%T) end (rc ${PIPESTATUS[0]}): $*"; }
 step $R train --model relsnerf-r32 $O $D
 step $R train --model relsnerf-tiny $O $D
@@ -16,5 +16,5 @@ step $R time $O
 step $R report $O
 step python3 -m relsnerf_ns.benchmark_kernels --config outputs/bench/fern/runs/relsnerf-r32/relsnerf-r32/bench/config.yml --json outputs/bench/fern/kernels_r32.json
 step python3 -m relsnerf_ns.benchmark_kernels --skip-lookups --config outputs/bench/fern/runs/relsnerf-tiny/relsnerf-tiny/bench/config.yml --json outputs/bench/fern/kernels_tiny.json
-tar czf /tmp/fern_results.tgz -C outputs/bench/fern results benchmark.md benchmark.json kernels_r32.json kernels_tiny.json $(cd outputs/bench/fern && ls *.png 2>/dev/null)
+tar czf fern_results.tgz -C outputs/bench/fern results benchmark.md benchmark.json kernels_r32.json kernels_tiny.json $(cd outputs/bench/fern && ls *.png 2>/dev/null)
 echo "=== DONE $(date +%T)"
