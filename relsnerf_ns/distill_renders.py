@@ -75,6 +75,12 @@ def read_png(path: Path) -> Optional[Tensor]:
         return None
 
 
+def _as_read_back(image: Tensor) -> Tensor:
+    """Exactly what a resumed run reads back from the PNG of a render."""
+    image = image.detach().cpu().float().clamp(0, 1)
+    return (image * 255.0 + 0.5).floor() / 255.0
+
+
 def _read_manifest(path: Path) -> Optional[Dict[str, Any]]:
     try:
         manifest = json.loads(path.read_text())
@@ -125,8 +131,24 @@ class DistillRenders:
         old = found.get("cameras") if isinstance(found.get("cameras"), list) else []
         return {i for i in range(count) if i >= len(old) or old[i] != manifest["cameras"][i]}, "made for other cameras"
 
-    def build(self, render: Callable[[Cameras], Tensor]) -> None:
-        """Load the renders found on disk that are complete and match, render the missing, damaged or stale ones."""
+    def render_share(self, render: Callable[[Cameras], Tensor], share: Callable[[int], bool]) -> Dict[int, Tensor]:
+        """Render the cameras whose index `share` accepts, in memory (one rank's part of a run without a directory)."""
+        return {
+            index: _as_read_back(render(self.cameras[index : index + 1]))
+            for index in range(len(self.cameras))
+            if share(index)
+        }
+
+    def build(
+        self,
+        render: Callable[[Cameras], Tensor],
+        share: Optional[Callable[[int], bool]] = None,
+        report: bool = True,
+    ) -> None:
+        """Load the renders found on disk that are complete and match, render the missing, damaged or stale ones.
+
+        With `share` (several ranks), only the missing renders whose index it accepts are made; the others are left
+        empty (another rank makes them). `report`: print the one message about reuse."""
         count = len(self.cameras)
         todo: Dict[int, str] = {}  # index -> why it is made (again)
         self.images = [torch.empty(0)] * count
@@ -159,7 +181,10 @@ class DistillRenders:
                     todo[index] = "of the wrong size"
                 else:
                     self.images[index] = image
-        self._report(count, todo)
+        if report:
+            self._report(count, todo)
+        if share is not None:
+            todo = {index: why for index, why in todo.items() if share(index)}
         if not todo:
             return
         with Progress(
@@ -175,8 +200,7 @@ class DistillRenders:
                 image = render(self.cameras[index : index + 1]).detach().cpu().float().clamp(0, 1)
                 if self.directory is not None:
                     write_png_atomically(self.path(index), image)
-                # Keep exactly what a resumed run would read back from the PNG.
-                self.images[index] = (image * 255.0 + 0.5).floor() / 255.0
+                self.images[index] = _as_read_back(image)
                 progress.advance(task)
 
     def _report(self, count: int, todo: Dict[int, str]) -> None:

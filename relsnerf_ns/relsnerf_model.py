@@ -21,6 +21,7 @@ from nerfstudio.utils import colormaps
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 from torch.nn import Parameter
+from torch.profiler import record_function
 
 from relsnerf_ns.autoencoders import AutoencoderConfig, LatentAutoencoder, R32AutoencoderConfig
 from relsnerf_ns.fast_render import LatentFrameRenderer
@@ -30,6 +31,7 @@ from relsnerf_ns.latent_rays import latent_ray_bundle
 from relsnerf_ns.latent_targets import LatentTargets
 from relsnerf_ns.out_of_memory import ShrinkingSize, decode_frame, free_cached_memory, render_in_chunks
 from relsnerf_ns.relsnerf_field import RelsNerfField, resolve_implementation
+from relsnerf_ns.train_batches import AutoencoderBatch, DistillBatch, JointBatch, TrainBatch, cat_dataclasses
 from relsnerf_ns.viewer_controls import (
     RENDER_DECODED,
     RENDER_RGB_NERF,
@@ -262,11 +264,83 @@ class RelsNerfModel(NerfactoModel):
         return groups
 
     # ------------------------------------------------------------------ rendering
-    def forward(self, ray_bundle: RayBundle, latent: bool = False) -> Dict[str, Any]:
-        """nerfstudio's Model.forward, plus `latent`: in training, also render z on these rays (see get_outputs)."""
+    def forward(
+        self, ray_bundle: Optional[RayBundle] = None, latent: bool = False, train_batch: Optional[TrainBatch] = None
+    ) -> Any:
+        """nerfstudio's Model.forward, plus `latent`: in training, also render z on these rays (see get_outputs).
+
+        With `train_batch`, one training step of its phase instead: (outputs, loss_dict, metrics) of every loss of
+        the step. The pipeline calls it through the DDP-wrapped module, so that on several GPUs every computation
+        that reaches a parameter happens inside DDP's forward and its gradients are averaged across ranks."""
+        if train_batch is not None:
+            return self.train_step(train_batch)
+        assert ray_bundle is not None
         if self.collider is not None:
             ray_bundle = self.collider(ray_bundle)
         return self.get_outputs(ray_bundle, latent=latent)
+
+    def train_step(self, train_batch: TrainBatch) -> Tuple[Dict[str, Any], Dict[str, Tensor], Dict[str, Tensor]]:
+        """The losses of one step of phase A, B or C (by the batch's type)."""
+        if isinstance(train_batch, AutoencoderBatch):
+            return self._autoencoder_step(train_batch)
+        if isinstance(train_batch, JointBatch):
+            return self._joint_step(train_batch)
+        if isinstance(train_batch, DistillBatch):
+            return self._distill_step(train_batch)
+        raise TypeError(f"not a training batch: {type(train_batch).__name__}")
+
+    def _autoencoder_step(self, train_batch: AutoencoderBatch):
+        """Phase A: reconstruction MSE of image crops."""
+        images = train_batch.images.to(self.device)
+        reconstruction = self.autoencoder.reconstruct(images)
+        mse = F.mse_loss(reconstruction, images)
+        metrics = {"ae_psnr": -10.0 * torch.log10(mse.detach().clamp_min(1e-10))}
+        return {}, {"ae_loss": mse}, metrics
+
+    def _joint_step(self, train_batch: JointBatch):
+        """Phase B: colour rays (with L_z when targets are set), depth rays, and the decoded latent patch (L_p)."""
+        ray_bundle, batch = train_batch.ray_bundle, train_batch.batch
+        with record_function("relsnerf/colour_rays"):
+            # Colour rays first: nerfacto's proposal sampler trains its networks on the first pass of a step. With
+            # L_z on, the same pass also renders the latent on these rays (get_loss_dict adds latent_loss).
+            outputs = self.forward(ray_bundle, latent=self.latent_targets is not None)
+            metrics = self.get_metrics_dict(outputs, batch)
+            loss_dict = self.get_loss_dict(outputs, batch, metrics)
+        if "depth_rays" in batch:
+            with record_function("relsnerf/depth_rays"):
+                depth_bundle, distance, weight = batch["depth_rays"]
+                depth_outputs = self.forward(depth_bundle)
+                loss_dict["depth_loss"] = self.config.depth_loss_weight() * self.get_depth_loss(
+                    depth_outputs, distance.to(self.device), weight.to(self.device)
+                )
+        with record_function("relsnerf/latent_patch"):
+            patch = batch["latent_patch"]
+            if isinstance(patch, (list, tuple)):  # several patches of one size (a union of batches): one render
+                n = patch[0].latent_size
+                bundle = cat_dataclasses([p.ray_bundle.flatten() for p in patch]).to(self.device)
+                latent = self.render_latents(bundle)["latent"].view(len(patch), n, n, -1)
+                target = torch.stack([p.image for p in patch]).to(self.device)
+            else:
+                n = patch.latent_size
+                latent = self.render_latents(patch.ray_bundle.flatten().to(self.device))["latent"].view(n, n, -1)
+                target = patch.image.to(self.device)
+            patch_mse = F.mse_loss(self.decode_latent_map(latent), target)
+        loss_dict["patch_loss"] = self.config.patch_loss_mult * patch_mse
+        metrics["patch_psnr"] = -10.0 * torch.log10(patch_mse.detach().clamp_min(1e-10))
+        return outputs, loss_dict, metrics
+
+    def _distill_step(self, train_batch: DistillBatch):
+        """Phase C (eq. 4): decoder MSE on crops of cached latent maps, real images and renders weighted apart."""
+        latents = train_batch.latents.to(self.device).detach()
+        targets = train_batch.targets.to(self.device)
+        per_crop = ((self.decode_latent_map(latents) - targets) ** 2).mean(dim=(1, 2, 3))
+        k, weight = train_batch.num_real, train_batch.real_weight
+        real = per_crop[0] if k == 1 else per_crop[:k].mean()
+        loss_dict = {"distill_real_loss": weight * real}
+        if len(per_crop) > k:
+            loss_dict["distill_render_loss"] = (1.0 - weight) * per_crop[k:].mean()
+        metrics = {"distill_real_psnr": -10.0 * torch.log10(real.detach().clamp_min(1e-10))}
+        return {}, loss_dict, metrics
 
     def get_outputs(self, ray_bundle: RayBundle, latent: bool = False) -> Dict[str, Any]:
         """nerfacto's outputs; with `latent` (training only), also z composited with the colour NeRF's final samples

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Literal, Mapping, Optional, Type
 
 import torch
-import torch.nn.functional as F
+import torch.distributed as dist
 from nerfstudio.data.datamanagers.base_datamanager import DataManagerConfig
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes
 from nerfstudio.models.base_model import ModelConfig
@@ -21,6 +21,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from torch.cuda.amp.grad_scaler import GradScaler
+from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.profiler import record_function
 from torchvision import utils as vutils
 
@@ -41,6 +42,7 @@ from relsnerf_ns.relsnerf_model import (
     describe_checkpoint_mismatch,
 )
 from relsnerf_ns.render_timing import timed
+from relsnerf_ns.train_batches import AutoencoderBatch, DistillBatch, JointBatch, TrainBatch
 
 
 @dataclass
@@ -92,7 +94,23 @@ class RelsNerfPipeline(VanillaPipeline):
                 if model_config.depth_loss_mult is None
                 else "--pipeline.model.depth-loss-mult is 0"
             )
-        super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
+        if world_size > 1 and str(device).startswith("cuda"):
+            torch.cuda.set_device(torch.device(device))  # collectives of Python objects use the current device
+        # nerfstudio would wrap the model in DDP with device_ids=[local_rank], which fails for a CPU model (gloo):
+        # build it as one process would, then wrap it here.
+        super().__init__(config, device, test_mode, 1, local_rank, grad_scaler)
+        self.world_size, self.local_rank = world_size, local_rank
+        self.datamanager.world_size = world_size
+        if world_size > 1:
+            on_gpu = str(device).startswith("cuda")
+            # Every parameter requires gradients all run long (phases differ in which losses reach which groups and
+            # in learning rates, never in requires_grad), so DDP's buckets hold them all. find_unused_parameters:
+            # each phase's forward uses only some of them (and nerfacto's proposal networks train on some steps).
+            self._model = typing.cast(
+                RelsNerfModel,
+                DDP(self._model, device_ids=[local_rank] if on_gpu else None, find_unused_parameters=True),
+            )
+            self.barrier()
         # RGBA crops for the latent paths are blended like the model's colour targets.
         self.datamanager.set_alpha_background(self.relsnerf_model.config.background_color)
         self.schedule = config.phases
@@ -107,6 +125,21 @@ class RelsNerfPipeline(VanillaPipeline):
     def relsnerf_model(self) -> RelsNerfModel:
         return typing.cast(RelsNerfModel, self.model)
 
+    # ------------------------------------------------------------------ several processes
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1 and dist.is_available() and dist.is_initialized()
+
+    @property
+    def rank(self) -> int:
+        return dist.get_rank() if self.distributed else 0
+
+    def barrier(self) -> None:
+        """Wait for every rank (nothing in one process)."""
+        if self.distributed:
+            on_gpu = str(self.device).startswith("cuda")
+            dist.barrier(device_ids=[torch.device(self.device).index or 0] if on_gpu else None)
+
     # ------------------------------------------------------------------ phases
     def enter_phase(self, step: int) -> Phase:
         phase = self.schedule.phase_at(step)
@@ -118,49 +151,31 @@ class RelsNerfPipeline(VanillaPipeline):
         return phase
 
     def get_train_loss_dict(self, step: int):
+        """The step's batch (`next_train_batch`) through the (DDP-wrapped) model's forward (`train_loss_dict_for`).
+
+        Replaces nerfstudio's, whose multi-GPU branch expects a `train_sampler` that no datamanager sets: each rank
+        draws its own rays, patches and crops from its own random stream (nerfstudio seeds rank r with seed + r)."""
+        return self.train_loss_dict_for(self.next_train_batch(step))
+
+    def next_train_batch(self, step: int) -> TrainBatch:
+        """What the step of `step`'s phase trains on, drawn from this process's random generators."""
         phase = self.enter_phase(step)
         if phase == Phase.AE_PRETRAIN:
-            outputs, loss_dict, metrics = self._ae_pretrain_step(step)
-        elif phase == Phase.JOINT:
-            outputs, loss_dict, metrics = self._joint_step(step)
-        else:
-            outputs, loss_dict, metrics = self._distill_step(step)
-        metrics["phase"] = torch.tensor(float(phase.index))
-        return outputs, loss_dict, metrics
+            return AutoencoderBatch(self.datamanager.next_ae_batch(step))
+        if phase == Phase.JOINT:
+            self.ensure_latent_targets()
+            with record_function("relsnerf/data"):
+                ray_bundle, batch = self.datamanager.next_joint(step)
+            return JointBatch(ray_bundle, batch)
+        return self._next_distill_batch()
 
-    def _ae_pretrain_step(self, step: int):
-        images = self.datamanager.next_ae_batch(step)
-        reconstruction = self.relsnerf_model.autoencoder.reconstruct(images)
-        mse = F.mse_loss(reconstruction, images)
-        metrics = {"ae_psnr": -10.0 * torch.log10(mse.detach().clamp_min(1e-10))}
-        return {}, {"ae_loss": mse}, metrics
-
-    def _joint_step(self, step: int):
-        model = self.relsnerf_model
-        self.ensure_latent_targets()
-        with record_function("relsnerf/data"):
-            ray_bundle, batch = self.datamanager.next_joint(step)
-        with record_function("relsnerf/colour_rays"):
-            # Colour rays first: nerfacto's proposal sampler trains its networks on the first pass of a step. With
-            # L_z on, the same pass also renders the latent on these rays (get_loss_dict adds latent_loss).
-            outputs = self._model(ray_bundle, latent=model.latent_targets is not None)
-            metrics = model.get_metrics_dict(outputs, batch)
-            loss_dict = model.get_loss_dict(outputs, batch, metrics)
-        if "depth_rays" in batch:
-            with record_function("relsnerf/depth_rays"):
-                depth_bundle, distance, weight = batch["depth_rays"]
-                depth_outputs = self._model(depth_bundle)
-                loss_dict["depth_loss"] = model.config.depth_loss_weight() * model.get_depth_loss(
-                    depth_outputs, distance.to(self.device), weight.to(self.device)
-                )
-        with record_function("relsnerf/latent_patch"):
-            patch = batch["latent_patch"]
-            n = patch.latent_size
-            latent = model.render_latents(patch.ray_bundle.flatten().to(self.device))["latent"].view(n, n, -1)
-            decoded = model.decode_latent_map(latent)
-            patch_mse = F.mse_loss(decoded, patch.image.to(self.device))
-        loss_dict["patch_loss"] = model.config.patch_loss_mult * patch_mse
-        metrics["patch_psnr"] = -10.0 * torch.log10(patch_mse.detach().clamp_min(1e-10))
+    def train_loss_dict_for(self, train_batch: TrainBatch, module: Optional[torch.nn.Module] = None):
+        """(outputs, loss_dict, metrics) of a batch, computed inside the forward of `module` (default: the model as
+        wrapped for training, DDP on several GPUs; tests pass the bare model for a single-process reference)."""
+        module = self._model if module is None else module
+        outputs, loss_dict, metrics = module(train_batch=train_batch)
+        phase = {AutoencoderBatch: Phase.AE_PRETRAIN, JointBatch: Phase.JOINT, DistillBatch: Phase.DISTILL}
+        metrics["phase"] = torch.tensor(float(phase[type(train_batch)].index))
         return outputs, loss_dict, metrics
 
     def ensure_latent_targets(self) -> Optional[LatentTargets]:
@@ -191,12 +206,11 @@ class RelsNerfPipeline(VanillaPipeline):
         )
         return model.latent_targets
 
-    def _distill_step(self, step: int):
+    def _next_distill_batch(self) -> DistillBatch:
         """Decoder fine-tuning (eq. 4) on crops of the latent maps of real images and of RGB-NeRF renders.
 
         The latent field is frozen in phase C, so each camera's latent map is rendered once (`ensure_distill_data`)
         and a step crops it: crops start at multiples of 8 pixels, on the latent grid that inference renders."""
-        model = self.relsnerf_model
         renders = self.ensure_distill_renders()
         latents = self.ensure_distill_latents()
         train_images = self.datamanager.train_images
@@ -210,12 +224,7 @@ class RelsNerfPipeline(VanillaPipeline):
         targets = torch.stack([image for image, _ in crops]).to(self.device)
         with torch.no_grad():
             latent_batch = torch.stack([latent for _, latent in crops]).to(self.device)
-        per_crop = ((model.decode_latent_map(latent_batch) - targets) ** 2).mean(dim=(1, 2, 3))
-        loss_dict = {"distill_real_loss": self.config.distill_real_weight * per_crop[0]}
-        if len(crops) > 1:
-            loss_dict["distill_render_loss"] = (1.0 - self.config.distill_real_weight) * per_crop[1:].mean()
-        metrics = {"distill_real_psnr": -10.0 * torch.log10(per_crop[0].detach().clamp_min(1e-10))}
-        return {}, loss_dict, metrics
+        return DistillBatch(latent_batch, targets, 1, self.config.distill_real_weight)
 
     def ensure_distill_latents(self) -> Dict[str, List[torch.Tensor]]:
         """The latent maps [rows, cols, n] of every training camera and every phase-C render camera, made once."""
@@ -252,10 +261,38 @@ class RelsNerfPipeline(VanillaPipeline):
             )
             was_training = model.training
             model.eval()
-            renders.build(lambda camera: model.render_rgb_nerf(camera.to(self.device)))
+            render = lambda camera: model.render_rgb_nerf(camera.to(self.device))  # noqa: E731
+            if not self.distributed:
+                renders.build(render)
+            else:
+                self._build_distill_renders_shared(renders, render)
             model.train(was_training)
             self.distill_renders = renders
         return self.distill_renders
+
+    def _build_distill_renders_shared(self, renders: DistillRenders, render) -> None:
+        """Several ranks: each render is made once, by one rank (rank r makes those whose index is r modulo the
+        number of ranks), and every rank ends with all of them. Rank 0 first checks the directory (stale files out,
+        manifest written) alone; the ranks then render their shares into it and read back the others' files. Without
+        a directory the shares are exchanged as objects. The NeRF is the same on all ranks (DDP keeps it so)."""
+        world, rank = dist.get_world_size(), dist.get_rank()
+        if renders.directory is None:
+            mine = renders.render_share(render, lambda index: index % world == rank)
+            shares: List[Any] = [None] * world
+            dist.all_gather_object(shares, mine)
+            merged: Dict[int, torch.Tensor] = {}
+            for share in shares:
+                merged.update(share)
+            renders.images = [merged[index] for index in range(len(renders.cameras))]
+            return
+        if rank == 0:
+            renders.build(render, share=lambda index: False)  # check, clean and report only
+        self.barrier()
+        renders.build(render, share=lambda index: index % world == rank, report=False)
+        self.barrier()
+        renders.build(render, share=lambda index: False, report=False)  # every render is on disk now: read them
+        if any(image.numel() == 0 for image in renders.images):
+            raise RuntimeError(f"phase C renders missing in {renders.directory} after every rank made its share")
 
     def nerf_fingerprint(self) -> float:
         """Sum of |w| over the colour NeRF (proposal networks and fields): which NeRF phase C's renders came from."""
@@ -348,6 +385,11 @@ class RelsNerfPipeline(VanillaPipeline):
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: Optional[bool] = True):
         """Strict, and checked before anything is copied: a mismatch raises CheckpointMismatchError naming both
         configurations (nerfstudio's pipeline would retry non-strictly, a silent partial load)."""
+        # Checkpoints of nerfstudio's own DDP runs name the model's tensors `_model.module.*`.
+        state_dict = {
+            ("_model." + k[len("_model.module.") :] if k.startswith("_model.module.") else k): v
+            for k, v in state_dict.items()
+        }
         model_state = {k[len("_model.") :]: v for k, v in state_dict.items() if k.startswith("_model.")}
         own = self.model.state_dict()
         missing = sorted(set(own) - set(model_state))

@@ -21,16 +21,19 @@ from __future__ import annotations
 import functools
 import math
 import os
+import random
 import signal
 import threading
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Tuple, Type
 
+import numpy as np
 import torch
 from nerfstudio.engine.optimizers import Optimizers
 from nerfstudio.engine.trainer import TRAIN_INTERATION_OUTPUT, Trainer, TrainerConfig
-from nerfstudio.utils import profiler
+from nerfstudio.utils import comms, profiler
 from nerfstudio.utils.decorators import check_main_thread
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch.profiler import record_function
@@ -168,7 +171,9 @@ class RelsNerfTrainer(Trainer):
         overflow; a non-finite loss leaves the scale as it was. Cost: one pass over the gradients and one host
         synchronisation per step.
         """
-        if self._stop_signal is not None:
+        if self._any_rank(self._stop_signal is not None):  # all ranks stop at the same step
+            if self._stop_signal is None:
+                self._stop_signal = "stop signal on another rank"
             self._stop_for_signal(step)
         # Cheap references (converted only if this step starts a run of non-finite steps that ends the run).
         self._state_at_step_start = (snapshot_rng_state(), self.pipeline.resume_state())
@@ -196,7 +201,8 @@ class RelsNerfTrainer(Trainer):
             grads = self._gradients(stepping)
             if grads:
                 finite = finite & torch.stack(torch._foreach_norm(grads)).isfinite().all()
-            finite = bool(finite)
+            # All ranks skip a step together (their gradients are averaged, their losses are their own).
+            finite = not self._any_rank(not bool(finite))
         if not finite:
             loss_is_finite = bool(torch.isfinite(loss.detach()))
             reason = self._nonfinite_reason(loss_dict, stepping)
@@ -290,7 +296,23 @@ class RelsNerfTrainer(Trainer):
     def _restore_resume_state(self, state: Dict[str, Any]) -> None:
         if "rng" in state:
             restore_rng_state(state["rng"])
+            if self.world_size > 1:
+                _separate_rank_streams(comms.get_rank())
         self.pipeline.load_resume_state(state.get("pipeline", {}))
+
+    # ------------------------------------------------------------------ several processes
+    def _any_rank(self, flag: bool) -> bool:
+        """True on every rank when `flag` is true on any (one small all-reduce; `flag` itself in one process)."""
+        if self.world_size <= 1 or not comms.is_dist_avail_and_initialized():
+            return flag
+        value = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+        return bool(value.item() > 0)
+
+    def eval_iteration(self, step: int) -> None:
+        """Evaluation on rank 0 only (what it logs is rank 0's; the other ranks wait at the next step's all-reduce)."""
+        if comms.is_main_process():
+            super().eval_iteration(step)
 
     @check_main_thread
     def save_checkpoint(self, step: int, resume_state: Optional[Dict[str, Any]] = None) -> None:
@@ -299,9 +321,7 @@ class RelsNerfTrainer(Trainer):
         path = self.checkpoint_dir / checkpoint_name(step)
         state = {
             "step": int(step),
-            "pipeline": self.pipeline.module.state_dict()
-            if hasattr(self.pipeline, "module")
-            else self.pipeline.state_dict(),  # type: ignore
+            "pipeline": single_process_state(self.pipeline.state_dict()),
             "optimizers": {k: v.state_dict() for k, v in self.optimizers.optimizers.items()},
             "schedulers": {k: v.state_dict() for k, v in self.optimizers.schedulers.items()},
             "scalers": self.grad_scaler.state_dict(),
@@ -375,6 +395,13 @@ class RelsNerfTrainer(Trainer):
         return []
 
 
+def single_process_state(state: Dict[str, Any]) -> Dict[str, Any]:
+    """The pipeline's state under the names of a one-process run: DDP's `_model.module.` prefix dropped, so that a
+    checkpoint of a multi-GPU run loads anywhere (one GPU, ns-eval, ns-viewer) like any other."""
+    prefix = "_model.module."
+    return {("_model." + k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in state.items()}
+
+
 def checkpoint_name(step: int) -> str:
     return f"step-{step:09d}.ckpt"
 
@@ -387,6 +414,17 @@ def checkpoint_files(directory: Path) -> List[tuple]:
         if number.isdigit():
             found.append((int(number), path))
     return found
+
+
+def _separate_rank_streams(rank: int) -> None:
+    """After a resume every rank restored rank 0's generators; give the others streams of their own (rank 0 keeps
+    its, and continues exactly as it would have). A rank's seed follows from the checkpoint's state and the rank."""
+    if rank == 0:
+        return
+    seed = (zlib.crc32(torch.get_rng_state().numpy().tobytes()) + 1_000_003 * rank) % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def write_checkpoint_atomically(state: Dict[str, Any], path: Path) -> None:
