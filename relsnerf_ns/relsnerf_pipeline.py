@@ -231,16 +231,24 @@ class RelsNerfPipeline(VanillaPipeline):
         if self.distill_latents is None:
             model = self.relsnerf_model
             renders = self.ensure_distill_renders()
-            was_training = model.training
+            was_training, anneal = model.training, model.proposal_sampler._anneal
             model.eval()
+            # The proposal weights' annealing exponent of a loaded model (nerfstudio's default, 1): the maps are those
+            # that inference renders, and the same at whichever phase-C step a (resumed) run makes them, also when
+            # phase B was too short for nerfacto's anneal schedule to reach 1.
+            model.proposal_sampler.set_anneal(1.0)
             cameras = self.datamanager.train_cameras
-            self.distill_latents = {
-                "train": [model.render_latent_frame(cameras[i : i + 1])["latent"] for i in range(len(cameras))],
-                "renders": [
-                    model.render_latent_frame(renders.cameras[i : i + 1])["latent"] for i in range(len(renders.cameras))
-                ],
-            }
-            model.train(was_training)
+            try:
+                self.distill_latents = {
+                    "train": [model.render_latent_frame(cameras[i : i + 1])["latent"] for i in range(len(cameras))],
+                    "renders": [
+                        model.render_latent_frame(renders.cameras[i : i + 1])["latent"]
+                        for i in range(len(renders.cameras))
+                    ],
+                }
+            finally:
+                model.proposal_sampler.set_anneal(anneal)
+                model.train(was_training)
         return self.distill_latents
 
     @property
