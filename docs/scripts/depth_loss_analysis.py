@@ -71,12 +71,15 @@ def main() -> None:
     print(
         "step  rgb_loss  depth_loss(w)  |grad rgb|  |grad depth(w)|  ratio  spacing@point  no-sample-share  depth-err"
     )
-    original = pipeline._joint_step
+    original = pipeline.train_loss_dict_for
+    counter = {"step": 0}
 
-    def observed_step(step: int):
-        outputs, loss_dict, metrics = original(step)
+    def observed(train_batch, module=None):
+        outputs, loss_dict, metrics = original(train_batch, module)
+        step = counter["step"]
+        counter["step"] += 1
         if step % args.every == 0 or step == args.steps - 1:
-            batch = observed_step.batch
+            batch = train_batch.batch
             g_rgb = grad_norm(loss_dict["rgb_loss"], fields)
             g_depth = grad_norm(loss_dict["depth_loss"], fields)
             depth_bundle, distance, _ = batch["depth_rays"]
@@ -98,15 +101,7 @@ def main() -> None:
             )
         return outputs, loss_dict, metrics
 
-    original_next = pipeline.datamanager.next_joint
-
-    def next_joint(step: int):
-        ray_bundle, batch = original_next(step)
-        observed_step.batch = batch
-        return ray_bundle, batch
-
-    pipeline.datamanager.next_joint = next_joint
-    pipeline._joint_step = observed_step
+    pipeline.train_loss_dict_for = observed
     trainer.train()
 
 
