@@ -14,7 +14,6 @@ import torch
 from jaxtyping import Float
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
-from torchmetrics.functional import peak_signal_noise_ratio, structural_similarity_index_measure
 
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
 
@@ -57,6 +56,10 @@ def image_metrics(
     reference: Float[Tensor, "H W 3"], prediction: Float[Tensor, "H W 3"], lpips: OfflineLPIPS, suffix: str = ""
 ) -> Dict[str, float]:
     """PSNR, SSIM and (when available) LPIPS of one image pair, keys suffixed (e.g. 'psnr_rgb_nerf')."""
+    # Imported here: torchmetrics (with scipy's signal and stats modules) takes ~1 s, and nerfstudio imports this
+    # plugin for every ns-* command.
+    from torchmetrics.functional import peak_signal_noise_ratio, structural_similarity_index_measure
+
     ref = reference.permute(2, 0, 1)[None].clamp(0, 1)
     pred = prediction.permute(2, 0, 1)[None].clamp(0, 1).to(ref)
     metrics = {
