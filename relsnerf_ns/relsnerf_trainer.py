@@ -495,6 +495,11 @@ still being written (files without one come from earlier versions)."""
 DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
+def temporary_checkpoint_path(path: Path, pid: Optional[int] = None) -> Path:
+    """Where `write_checkpoint_atomically` writes `path` before renaming it (by this process, or by `pid`)."""
+    return path.parent.parent / f".{path.parent.name}.{path.name}.{os.getpid() if pid is None else pid}.tmp"
+
+
 def write_checkpoint_atomically(state: Dict[str, Any], path: Path) -> None:
     """torch.save to a temporary file next to the checkpoint folder, fsync, then rename over `path`.
 
@@ -504,7 +509,7 @@ def write_checkpoint_atomically(state: Dict[str, Any], path: Path) -> None:
     so that the next start can remove what a killed process left without touching a save in progress.
     A write that fails with an OSError (a full disk, a read-only or vanished folder) raises CheckpointWriteError.
     """
-    tmp = path.parent.parent / f".{path.parent.name}.{path.name}.{os.getpid()}.tmp"
+    tmp = temporary_checkpoint_path(path)
     try:
         with open(tmp, "wb") as file:
             torch.save(state, file)

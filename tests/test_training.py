@@ -141,8 +141,10 @@ def test_ns_train_help_documents_the_options(method):
         "--pipeline.model.autoencoder.",
         "--max-consecutive-nonfinite-steps",
         "--pipeline.model.decode-tile-halo",
+        "--deterministic",
     ):
         assert option in text, option
     assert "skip phase C" in text and "gamma of eq. 4" in text  # field docstrings reach --help
     unboxed = " ".join(result.stdout.replace("│", " ").split())
     assert "After this many such steps in a row the run stops, naming the phase and step" in unboxed
+    assert "an interrupted run resumed with --load-dir (this flag set again), then end with bit-identical" in unboxed
