@@ -163,8 +163,8 @@ def _scene_json(data: Optional[Path]) -> Optional[Path]:
     return data / "transforms.json" if (data / "transforms.json").is_file() else None
 
 
-def describe_empty_split(dataparser: Any, num_images: int) -> str:
-    """Why the dataparser's split holds no image out, and the flags (after its sub-command) that change that."""
+def describe_empty_split(dataparser: Any, num_images: int) -> Tuple[str, str]:
+    """Why the dataparser's split holds no image out, and how to hold some out (flags after its sub-command)."""
     command = _dataparser_command(dataparser)
     mode = getattr(dataparser, "eval_mode", None)
     if mode == "fraction":
@@ -172,28 +172,27 @@ def describe_empty_split(dataparser: Any, num_images: int) -> str:
         # nerfstudio trains on ceil(n * fraction) of n images: the first n that leaves one for evaluation.
         first = next((n for n in range(2, 100_000) if math.ceil(n * fraction) < n), None)
         why = f"--eval-mode fraction trains on ceil({fraction:g} x {num_images}) = all {num_images} images" + (
-            f" (this fraction holds one out from {first} images on)" if first is not None else ""
+            f"; this fraction holds one out from {first} images on" if first is not None else ""
         )
     elif mode is not None:
-        why = f"its split (--eval-mode {mode}) leaves no image for evaluation"
+        why = f"--eval-mode {mode} leaves no image for evaluation"
     else:
-        why = "it gives no evaluation image"
+        why = "the dataparser gives no evaluation image"
     if num_images < 2:
-        how = "A scene of one image cannot hold one out: add views to evaluate."
+        how = "add views (a scene of one image cannot hold one out)"
     elif mode is not None:
         interval = min(8, num_images)
-        how = (
-            f"To hold images out, pass e.g. `{command} --eval-mode interval --eval-interval {interval}` (images 0, "
-            f"{interval}, {2 * interval}, ... held out)"
+        how = f"hold images out with e.g. `{command} --eval-mode interval --eval-interval {interval}` (images 0, " + (
+            f"{interval}, {2 * interval}, ...)"
             + (
-                f" or `{command} --train-split-fraction {math.floor(100 * (num_images - 1) / num_images) / 100:g}`."
+                f" or `{command} --train-split-fraction {math.floor(100 * (num_images - 1) / num_images) / 100:g}`"
                 if mode == "fraction"
-                else "."
+                else ""
             )
         )
     else:
-        how = f"To hold images out, see `{command} --help` for its split options."
-    return f"Nothing is held out for evaluation: {why}. {how}"
+        how = f"hold images out with the split options of `{command} --help`"
+    return why, how
 
 
 def _dataparser_command(dataparser: Any) -> str:
@@ -213,11 +212,11 @@ class NoHeldOutImages:
     during training) raises NoEvaluationImagesError, so training images are never reported as held-out results.
     """
 
-    def __init__(self, train_dataset: RelsNerfInputDataset, device: Union[torch.device, str], note: str) -> None:
+    def __init__(self, train_dataset: RelsNerfInputDataset, device: Union[torch.device, str], message: str) -> None:
         self.input_dataset = train_dataset
         self.cameras = train_dataset.cameras
         self.device = device
-        self.note = note
+        self.message = message
 
     def get_camera(self, image_idx: int = 0) -> Tuple[Cameras, Dict]:
         camera = self.cameras[image_idx : image_idx + 1].to(self.device)
@@ -228,10 +227,10 @@ class NoHeldOutImages:
         return 0
 
     def __iter__(self) -> Iterator:
-        raise NoEvaluationImagesError(f"Nothing to evaluate. {self.note}")
+        raise NoEvaluationImagesError(self.message)
 
     def __next__(self) -> Any:
-        raise NoEvaluationImagesError(f"Nothing to evaluate. {self.note}")
+        raise NoEvaluationImagesError(self.message)
 
 
 @dataclass
@@ -267,7 +266,7 @@ class RelsNerfDataManager(VanillaDataManager):
         self.alpha_background: Tensor = torch.zeros(3)
         """Colour RGBA crops are blended over (the pipeline sets the model's, see `set_alpha_background`)."""
         self.held_out_note: Optional[str] = None
-        """Set when the split holds no image out: what that means and the dataparser flags that change it."""
+        """Set when the split holds no image out (said once at start-up, with the dataparser flags that change it)."""
         try:
             super().__init__(config, *args, **kwargs)
         except json.JSONDecodeError as error:
@@ -289,14 +288,20 @@ class RelsNerfDataManager(VanillaDataManager):
         first camera, `ns-render interpolate` goes through its cameras. Those use the training cameras here; anything
         that would evaluate (ns-eval, evaluation during training) raises NoEvaluationImagesError instead.
         """
-        self.held_out_note = describe_empty_split(self.config.dataparser, len(self.train_dataset))
+        why, how = describe_empty_split(self.config.dataparser, len(self.train_dataset))
+        self.held_out_note = f"Nothing is held out for evaluation ({why}): ns-eval will have nothing to evaluate."
         if self.test_mode != "inference":
             CONSOLE.print(
-                f"[yellow]{self.held_out_note} ns-eval will have nothing to evaluate; ns-render spiral and "
-                "interpolate use the training cameras."
+                f"[yellow]{self.held_out_note} To evaluate, {how}. ns-render spiral and interpolate use the training "
+                "cameras."
             )
         self.eval_dataset.cameras = self.train_dataset.cameras
-        stand_in = NoHeldOutImages(self.train_dataset, self.device, self.held_out_note)
+        stand_in = NoHeldOutImages(
+            self.train_dataset,
+            self.device,
+            f"Nothing to evaluate: this run held no image out for evaluation ({why}). To evaluate, train again and "
+            f"{how}.",
+        )
         self.eval_dataloader = self.fixed_indices_eval_dataloader = self.iter_eval_image_dataloader = stand_in
 
     def create_train_dataset(self) -> RelsNerfInputDataset:
