@@ -57,8 +57,8 @@ def image_metrics(
 ) -> Dict[str, float]:
     """PSNR, SSIM and (when available) LPIPS of one image pair, keys suffixed (e.g. 'psnr_rgb_nerf')."""
     # Imported here: torchmetrics (with scipy's signal and stats modules) takes ~1 s, and nerfstudio imports this
-    # plugin for every ns-* command.
-    from torchmetrics.functional import peak_signal_noise_ratio, structural_similarity_index_measure
+    # plugin for every ns-* command. From .image: torchmetrics.functional's names for them warn of their deprecation.
+    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
     ref = reference.permute(2, 0, 1)[None].clamp(0, 1)
     pred = prediction.permute(2, 0, 1)[None].clamp(0, 1).to(ref)
