@@ -1,9 +1,10 @@
 """Interrupting a run (SIGINT) in phase A, B or C and resuming it with --load-dir gives the uninterrupted run.
 
 Phase, step, learning rate at every step and the final parameters are compared with an uninterrupted run of the same
-seed, all with `--deterministic True` (bit-identical parameters on the CPU). The resumed process is seeded as ns-train seeds it (the seed also fixes the order in which nerfstudio caches the
-training images); its generators then stand where set-up leaves them, so only the states saved in the checkpoint make
-it draw the rays, patches and crops that the uninterrupted run drew after the interrupted step.
+seed, all with `--deterministic True` (bit-identical parameters on the CPU). The resumed process is seeded as ns-train
+seeds it (the seed also fixes the order in which nerfstudio caches the training images); its generators then stand
+where set-up leaves them, so only the states saved in the checkpoint make it draw the rays, patches and crops that the
+uninterrupted run drew after the interrupted step.
 """
 
 from __future__ import annotations
