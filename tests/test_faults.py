@@ -308,6 +308,19 @@ def test_ns_train_stopped_by_a_signal_saves_the_step_in_progress(stop_signal, sc
     assert not list(tmp_path.rglob("*.tmp"))
 
 
+def test_a_second_signal_stops_at_once_with_the_signals_exit_status(saver, capsys):
+    from relsnerf_ns.relsnerf_trainer import TrainingInterrupted
+
+    saver._stop_signal = None
+    saver._on_stop_signal(signal.SIGTERM, None)  # the first: finish the step, save, stop
+    with pytest.raises(TrainingInterrupted) as stopped:
+        saver._on_stop_signal(signal.SIGTERM, None)
+    assert stopped.value.code == 143 and isinstance(stopped.value, SystemExit)  # not nerfstudio's KeyboardInterrupt
+    assert "SIGTERM again: stopped at once; the last saved checkpoint in" in str(stopped.value)
+    assert "SIGTERM again" in capsys.readouterr().out
+    saver._stop_signal = None
+
+
 # ---------------------------------------------------------------------------------------------- mismatched checkpoints
 @pytest.fixture(scope="module")
 def r32_checkpoint(scene, tmp_path_factory):
