@@ -152,9 +152,17 @@ class LatentFrameRenderer:
                 return self._frame(rays)
             try:
                 captured = self._capture(rays)
-            except torch.OutOfMemoryError:
-                raise  # not a capture problem: the model falls back to smaller chunks (graphs stay on)
-            except RuntimeError as error:  # an op that cannot be captured: render eagerly from now on
+            except RuntimeError as error:  # torch.OutOfMemoryError is one
+                if out_of_memory(error):
+                    # Not a capture problem: this size does not fit (a graph's private memory pool comes on top of
+                    # the blocks the eager frames keep cached). Raised as what it is, so that the model renders frames
+                    # this large in chunks from now on, as for any other out-of-memory error; graphs stay on for the
+                    # sizes that fit.
+                    self._seen.pop(key, None)
+                    if isinstance(error, torch.OutOfMemoryError):
+                        raise
+                    raise torch.OutOfMemoryError(f"out of GPU memory capturing a CUDA graph ({error})") from error
+                # An op that cannot be captured: render eagerly from now on.
                 self._graphs_failed = True
                 CONSOLE.print(f"[yellow]CUDA graph capture failed ({error}); rendering without graphs.")
                 return self._frame(rays)
@@ -219,6 +227,23 @@ class _DeviceConstants(TorchFunctionMode):
                 self.cache[key] = func(*args, **{**kwargs, "device": self.device})
             return self.cache[key]
         return func(*args, **kwargs)
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is, or was raised while handling, the GPU running out of memory.
+
+    An allocation that fails during a capture can surface as the error of the capture's end (the capture was
+    invalidated), with the OutOfMemoryError only in its context; a failed cudaMalloc outside torch's allocator says
+    "out of memory" in a plain RuntimeError.
+    """
+    seen = set()
+    current: Optional[BaseException] = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, torch.OutOfMemoryError) or "out of memory" in str(current).lower():
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _move_plain_tensors(model: torch.nn.Module, device: torch.device) -> None:

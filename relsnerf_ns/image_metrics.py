@@ -12,12 +12,10 @@ import math
 from pathlib import Path
 from typing import Dict, Optional
 
-import flip_evaluator
 import torch
 from jaxtyping import Float
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
-from torchmetrics.functional import peak_signal_noise_ratio, structural_similarity_index_measure
 
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
 
@@ -92,6 +90,8 @@ def flip_error(reference: Float[Tensor, "H W 3"], prediction: Float[Tensor, "H W
         if low < 0.0 or high > 1.0:
             raise ValueError(f"FLIP: {name} values must lie in [0, 1] (LDR-FLIP), got [{low:.4g}, {high:.4g}]")
         arrays.append(values.contiguous().numpy())
+    import flip_evaluator  # imported where used: nerfstudio imports this plugin for every ns-* command
+
     _, mean_error, _ = flip_evaluator.evaluate(
         arrays[0],
         arrays[1],
@@ -111,6 +111,10 @@ def image_metrics(
 
     Both images are clamped to [0, 1] first. A prediction with non-finite values gets FLIP NaN, as its PSNR is.
     """
+    # Imported here: torchmetrics (with scipy's signal and stats modules) takes ~1 s, and nerfstudio imports this
+    # plugin for every ns-* command. From .image: torchmetrics.functional's names for them warn of their deprecation.
+    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
     ref = reference.permute(2, 0, 1)[None].clamp(0, 1)
     pred = prediction.permute(2, 0, 1)[None].clamp(0, 1).to(ref)
     finite = bool(torch.isfinite(pred).all()) and bool(torch.isfinite(ref).all())

@@ -8,14 +8,20 @@ Awkward input is handled at start-up (`setup_train`): unreadable images are name
 read as RGB or RGBA (`image_files.py`), patches and crops shrink once, with one message, to fit the smallest image
 (images of any size, different sizes in one scene included: each patch is cut from one image with its own camera's
 rays), and images too small for a 2x2 latent patch are named. RGBA crops are blended with the model's background
-colour, as nerfacto blends its colour targets.
+colour, as nerfacto blends its colour targets. A scene file the dataparser cannot parse (a truncated transforms.json)
+is named with the position of the error. A split that holds no image out (nerfstudio-data's default below 10 images)
+is said at start-up with the flags that change it; ns-eval then says there is nothing to evaluate, and ns-render's
+spiral and interpolate use the training cameras.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Literal, Optional, Tuple, Type, Union
+from typing import Any, Dict, Iterator, List, Literal, Optional, Tuple, Type, Union
 
 import torch
 import tyro
@@ -28,11 +34,13 @@ from nerfstudio.data.datamanagers.base_datamanager import (
     variable_res_collate,
 )
 from nerfstudio.utils import colors
+from nerfstudio.utils.misc import get_dict_to_torch
 from nerfstudio.utils.rich_utils import CONSOLE
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from relsnerf_ns.image_files import HOW_TO_FIX, ImageFileError, ImageInfo, RelsNerfInputDataset
+from relsnerf_ns.known_warnings import silence_known_warnings
 from relsnerf_ns.latent_rays import latent_ray_bundle
 from relsnerf_ns.metadata_keys import SPARSE_DEPTH_KEY
 
@@ -59,6 +67,14 @@ MIN_PATCH = 16
 
 class ImageSizeError(ValueError):
     """Images too small for ReLS-NeRF's latent patches; the message names them."""
+
+
+class SceneFileError(ValueError):
+    """A scene file the dataparser cannot parse (e.g. a truncated transforms.json); the message names it and where."""
+
+
+class NoEvaluationImagesError(ValueError):
+    """The split holds no image out, so there is nothing to evaluate; the message says how to hold some out."""
 
 
 def largest_patch(requested: int, images: List[Tensor]) -> int:
@@ -121,6 +137,119 @@ def aligned_crop(
     return crop, latent[top // 8 : top // 8 + n, left // 8 : left // 8 + n]
 
 
+def describe_json_error(error: json.JSONDecodeError, data: Optional[Path]) -> str:
+    """Which file a dataparser failed to parse, where, and what is there (json's own message names no file)."""
+    path = _json_file_in_traceback(error) or _scene_json(data)
+    where = f"line {error.lineno}, column {error.colno} (character {error.pos})"
+    if error.pos >= len(error.doc.rstrip()):
+        found = "the file ends there: it is truncated"
+    else:
+        line = error.doc.splitlines()[error.lineno - 1] if error.doc else ""
+        found = f"the line reads {line.strip()[:80]!r}"
+    return (
+        f"{path if path is not None else 'a scene file'} is not valid JSON: {error.msg} at {where}; {found}. Restore "
+        "the file from a copy or write it again (for nerfstudio-data scenes ns-process-data writes transforms.json)."
+    )
+
+
+def _json_file_in_traceback(error: BaseException) -> Optional[Path]:
+    """The JSON file being read where `error` was raised: the innermost frame holding an open .json file (json.load's
+    argument), else a path to an existing .json file (e.g. nerfstudio's `load_from_json(filename)`)."""
+    frames = []
+    traceback = error.__traceback__
+    while traceback is not None:
+        frames.append(traceback.tb_frame)
+        traceback = traceback.tb_next
+    for want_file in (True, False):
+        for frame in reversed(frames):
+            for value in frame.f_locals.values():
+                if want_file and hasattr(value, "read") and str(getattr(value, "name", "")).endswith(".json"):
+                    return Path(value.name)
+                if not want_file and isinstance(value, (Path, str)) and str(value).endswith(".json"):
+                    if len(str(value)) < 4096 and os.path.isfile(value):
+                        return Path(value)
+    return None
+
+
+def _scene_json(data: Optional[Path]) -> Optional[Path]:
+    if data is None:
+        return None
+    data = Path(data)
+    if data.suffix == ".json":
+        return data
+    return data / "transforms.json" if (data / "transforms.json").is_file() else None
+
+
+def describe_empty_split(dataparser: Any, num_images: int) -> Tuple[str, str]:
+    """Why the dataparser's split holds no image out, and how to hold some out (flags after its sub-command)."""
+    command = _dataparser_command(dataparser)
+    mode = getattr(dataparser, "eval_mode", None)
+    if mode == "fraction":
+        fraction = float(getattr(dataparser, "train_split_fraction", 0.9))
+        # nerfstudio trains on ceil(n * fraction) of n images: the first n that leaves one for evaluation.
+        first = next((n for n in range(2, 100_000) if math.ceil(n * fraction) < n), None)
+        why = f"--eval-mode fraction trains on ceil({fraction:g} x {num_images}) = all {num_images} images" + (
+            f"; this fraction holds one out from {first} images on" if first is not None else ""
+        )
+    elif mode is not None:
+        why = f"--eval-mode {mode} leaves no image for evaluation"
+    else:
+        why = "the dataparser gives no evaluation image"
+    if num_images < 2:
+        how = "add views (a scene of one image cannot hold one out)"
+    elif mode is not None:
+        interval = min(8, num_images)
+        how = f"hold images out with e.g. `{command} --eval-mode interval --eval-interval {interval}` (images 0, " + (
+            f"{interval}, {2 * interval}, ...)"
+            + (
+                f" or `{command} --train-split-fraction {math.floor(100 * (num_images - 1) / num_images) / 100:g}`"
+                if mode == "fraction"
+                else ""
+            )
+        )
+    else:
+        how = f"hold images out with the split options of `{command} --help`"
+    return why, how
+
+
+def _dataparser_command(dataparser: Any) -> str:
+    """The ns-train sub-command of a dataparser configuration ('nerfstudio-data', 'llff-data', ...)."""
+    from nerfstudio.configs.dataparser_configs import all_dataparsers
+
+    for name, config in all_dataparsers.items():
+        if type(config) is type(dataparser):
+            return name
+    return "the dataparser"
+
+
+class NoHeldOutImages:
+    """Stands in for nerfstudio's evaluation loaders when the split holds no image out.
+
+    `get_camera(i)` gives training camera i (what `ns-render spiral` starts from); iterating (ns-eval, evaluation
+    during training) raises NoEvaluationImagesError, so training images are never reported as held-out results.
+    """
+
+    def __init__(self, train_dataset: RelsNerfInputDataset, device: Union[torch.device, str], message: str) -> None:
+        self.input_dataset = train_dataset
+        self.cameras = train_dataset.cameras
+        self.device = device
+        self.message = message
+
+    def get_camera(self, image_idx: int = 0) -> Tuple[Cameras, Dict]:
+        camera = self.cameras[image_idx : image_idx + 1].to(self.device)
+        batch = get_dict_to_torch(self.input_dataset[image_idx], device=self.device, exclude=["image"])
+        return camera, batch  # type: ignore[return-value]
+
+    def __len__(self) -> int:
+        return 0
+
+    def __iter__(self) -> Iterator:
+        raise NoEvaluationImagesError(self.message)
+
+    def __next__(self) -> Any:
+        raise NoEvaluationImagesError(self.message)
+
+
 @dataclass
 class RelsNerfDataManagerConfig(VanillaDataManagerConfig):
     """Rays, latent patches, autoencoder crops and sparse-depth rays for the three phases."""
@@ -153,10 +282,15 @@ class RelsNerfDataManager(VanillaDataManager):
     eval_dataset: RelsNerfInputDataset
 
     def __init__(self, config: RelsNerfDataManagerConfig, *args, **kwargs) -> None:
+        silence_known_warnings()  # ns-eval / ns-render / ns-viewer set up no trainer: the earliest plugin code
         self.alpha_background: Tensor = torch.zeros(3)
         """Colour RGBA crops are blended over (the pipeline sets the model's, see `set_alpha_background`)."""
+        self.held_out_note: Optional[str] = None
+        """Set when the split holds no image out (said once at start-up, with the dataparser flags that change it)."""
         try:
             super().__init__(config, *args, **kwargs)
+        except json.JSONDecodeError as error:
+            raise SceneFileError(describe_json_error(error, self.config.dataparser.data)) from None
         except (FileNotFoundError, UnidentifiedImageError) as error:
             # A dataparser opening an image itself (nerfstudio-data reads the first one to pick a downscale factor).
             if isinstance(error, FileNotFoundError) and (
@@ -164,6 +298,31 @@ class RelsNerfDataManager(VanillaDataManager):
             ):
                 raise  # not an image (transforms.json, a scene folder): the dataparser's own message says it
             raise ImageFileError(f"the dataparser cannot read an image: {error}. {HOW_TO_FIX}") from error
+        if len(self.eval_dataset) == 0 and len(self.train_dataset) > 0:
+            self._without_held_out_images()
+
+    def _without_held_out_images(self) -> None:
+        """Say so once, and stand in for the evaluation loaders nerfstudio does not create for an empty split.
+
+        nerfstudio's commands read the evaluation split for more than evaluation: `ns-render spiral` starts at its
+        first camera, `ns-render interpolate` goes through its cameras. Those use the training cameras here; anything
+        that would evaluate (ns-eval, evaluation during training) raises NoEvaluationImagesError instead.
+        """
+        why, how = describe_empty_split(self.config.dataparser, len(self.train_dataset))
+        self.held_out_note = f"Nothing is held out for evaluation ({why}): ns-eval will have nothing to evaluate."
+        if self.test_mode != "inference":
+            CONSOLE.print(
+                f"[yellow]{self.held_out_note} To evaluate, {how}. ns-render spiral and interpolate use the training "
+                "cameras."
+            )
+        self.eval_dataset.cameras = self.train_dataset.cameras
+        stand_in = NoHeldOutImages(
+            self.train_dataset,
+            self.device,
+            f"Nothing to evaluate: this run held no image out for evaluation ({why}). To evaluate, train again and "
+            f"{how}.",
+        )
+        self.eval_dataloader = self.fixed_indices_eval_dataloader = self.iter_eval_image_dataloader = stand_in
 
     def create_train_dataset(self) -> RelsNerfInputDataset:
         return RelsNerfInputDataset(self.train_dataparser_outputs, scale_factor=self.config.camera_res_scale_factor)

@@ -5,12 +5,16 @@
 - Phase-aware schedulers get the pipeline's schedule, so step counts set on the command line move the learning rate
   changes with them.
 - Checkpoints are written to a temporary file beside the checkpoint folder, synced and renamed, so a kill never leaves
-  a truncated checkpoint (nor a stray file that nerfstudio's `--load-dir` / ns-eval step parsing trips over). They hold
-  only tensors and plain values, which `torch.load(weights_only=True)` (the default since torch 2.6) accepts, and
-  besides nerfstudio's states (model, optimizers, schedulers, grad scaler) the random generators and the proposal
-  sampler's counters, so a resumed run continues exactly as an uninterrupted one.
+  a truncated checkpoint (nor a stray file that nerfstudio's `--load-dir` / ns-eval step parsing trips over); the
+  temporary file of a process that was killed while saving is removed at the next start. A write that fails (a full
+  disk) says so in one message naming the intact checkpoint to resume from. Checkpoints hold only tensors and plain
+  values, which `torch.load(weights_only=True)` (the default since torch 2.6) accepts, and besides nerfstudio's states
+  (model, optimizers, schedulers, grad scaler) the random generators and the proposal sampler's counters, so a resumed
+  run continues exactly as an uninterrupted one (bit for bit on the CPU with `--deterministic True`).
 - Ctrl-C (SIGINT) or SIGTERM: the step in progress is finished and saved, then training stops; a second signal stops
-  at once (the last saved checkpoint stays intact).
+  at once (the last saved checkpoint stays intact). Either way the process exits with 128 + the signal number (130,
+  143), as shells report a process ended by that signal, without a traceback.
+- A set-up that fails (unreadable data, missing weights) removes the run folder it had just created (config.yml).
 - A step whose loss or gradients are not finite is not applied; after `max_consecutive_nonfinite_steps` such steps in a
   row the run stops with the last good state saved.
 - Phase C's renders live in the run directory; a resumed run reuses those of the run it resumes.
@@ -18,10 +22,13 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import math
 import os
 import random
+import re
+import shutil
 import signal
 import threading
 import zlib
@@ -38,6 +45,7 @@ from nerfstudio.utils.decorators import check_main_thread
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch.profiler import record_function
 
+from relsnerf_ns.known_warnings import silence_known_warnings
 from relsnerf_ns.relsnerf_pipeline import RelsNerfPipeline, RelsNerfPipelineConfig
 from relsnerf_ns.rng_state import RngSnapshot, capture_rng_state, restore_rng_state, snapshot_rng_state
 from relsnerf_ns.schedulers import PhasedSchedulerConfig
@@ -50,8 +58,26 @@ class NonFiniteLossError(RuntimeError):
     """Training stopped: too many consecutive steps had a NaN or infinite loss or gradient."""
 
 
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM stopped training after the step in progress was finished and saved."""
+class TrainingInterrupted(SystemExit):
+    """Ctrl-C or SIGTERM stopped training (after the step in progress was finished and saved, unless sent twice).
+
+    A SystemExit with status 128 + the signal number (130 for SIGINT, 143 for SIGTERM), what shells report for a process
+    ended by that signal, so that scripts can tell an interrupted run from a finished one (status 0). nerfstudio's
+    launcher prints a traceback and exits with 0 on KeyboardInterrupt; it lets a SystemExit through, and Python exits
+    with its status and prints nothing more (the message is already on the console).
+    """
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(128 + int(signum))
+        self.signum = int(signum)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (e.g. the disk is full); the message names the intact one to resume from."""
 
 
 @dataclass
@@ -65,6 +91,12 @@ class RelsNerfTrainerConfig(TrainerConfig):
     """A step whose loss or gradients are NaN or infinite is skipped (parameters and optimizer states stay as they
     were). After this many such steps in a row the run stops, naming the phase and step, with the last good state
     saved as a checkpoint to resume from. 0: skip such steps but never stop."""
+    deterministic: bool = False
+    """Reproducible runs: torch's deterministic algorithms (torch.use_deterministic_algorithms) and cuDNN without
+    benchmarking. On the CPU two runs of the same seed, and an interrupted run resumed with --load-dir (this flag set
+    again), then end with bit-identical parameters; without it the CPU hash-grid backward sums in a thread-dependent
+    order. Some steps get slower. On a GPU the fused hash-grid kernels (atomic adds) give way to nerfstudio's lookup and
+    operations without a deterministic implementation warn instead of failing: close, not guaranteed bit-identical."""
 
 
 class RelsNerfTrainer(Trainer):
@@ -72,10 +104,14 @@ class RelsNerfTrainer(Trainer):
     pipeline: RelsNerfPipeline
 
     def __init__(self, config: RelsNerfTrainerConfig, local_rank: int = 0, world_size: int = 1) -> None:
+        silence_known_warnings()  # before nerfstudio's Trainer builds its grad scaler
         config.max_num_iterations = config.pipeline.phases.total_steps
+        if config.deterministic:
+            use_deterministic_algorithms(config)
         super().__init__(config, local_rank, world_size)
         self._loaded_resume_state: Optional[Dict[str, Any]] = None
         self._stop_signal: Optional[str] = None
+        self._stop_signum = int(signal.SIGINT)
         self._previous_handlers: Dict[int, Any] = {}
         self._last_completed_step: Optional[int] = None
         self._nonfinite_streak = 0
@@ -83,13 +119,70 @@ class RelsNerfTrainer(Trainer):
         self._state_before_streak: Optional[Dict[str, Any]] = None
 
     def setup(self, test_mode: Literal["test", "val", "inference"] = "val") -> None:
-        self.config.pipeline.distill_render_dir = self._distill_render_dir()
-        super().setup(test_mode=test_mode)
-        self.pipeline.config.distill_render_dir = self.config.pipeline.distill_render_dir
-        self.config.max_num_iterations = max(0, self.pipeline.schedule.total_steps - self._start_step)
-        # Last, after everything in set-up that draws random numbers (model initialisation among others).
-        if self._loaded_resume_state is not None:
-            self._restore_resume_state(self._loaded_resume_state)
+        self._remove_partial_checkpoints()
+        try:
+            self.config.pipeline.distill_render_dir = self._distill_render_dir()
+            super().setup(test_mode=test_mode)
+            self.pipeline.config.distill_render_dir = self.config.pipeline.distill_render_dir
+            self.config.max_num_iterations = max(0, self.pipeline.schedule.total_steps - self._start_step)
+            # Last, after everything in set-up that draws random numbers (model initialisation among others).
+            if self._loaded_resume_state is not None:
+                self._restore_resume_state(self._loaded_resume_state)
+        except BaseException as error:
+            self._remove_run_folder_of_failed_setup()
+            if isinstance(error, KeyboardInterrupt):
+                message = "SIGINT during set-up: nothing trained, nothing saved"
+                CONSOLE.print(f"[bold yellow]{message}.")
+                raise TrainingInterrupted(signal.SIGINT, message) from None
+            raise
+
+    def _remove_run_folder_of_failed_setup(self) -> None:
+        """ns-train writes config.yml into a new run folder before set-up; a set-up that fails leaves nothing else in
+        it, and a folder holding only the configuration of a run that never started is clutter (and looks like a run).
+        Folders that hold anything else (an earlier run's files) are kept."""
+        base = self.base_dir
+        ours = {"config.yml", str(self.config.viewer.relative_log_filename)}
+        if not base.is_dir():
+            return
+        files = [p for p in base.rglob("*") if not p.is_dir()]
+        if not files or any(str(p.relative_to(base)) not in ours for p in files):
+            return
+        shutil.rmtree(base, ignore_errors=True)
+        # The experiment and method folders above it, when this run was all they held (never the output folder).
+        output = Path(self.config.output_dir).resolve()
+        parent = base.parent
+        while parent.resolve() != output and output in parent.resolve().parents:
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
+        CONSOLE.print(f"[yellow]Set-up failed: removed the run folder it had created, {base} (only config.yml).")
+
+    def _remove_partial_checkpoints(self) -> None:
+        """Temporary checkpoint files of processes that were killed while saving (see `write_checkpoint_atomically`),
+        beside this run's checkpoint folder and the one it resumes from; those of a process still running are kept."""
+        folders = {self.checkpoint_dir}
+        if self.config.load_dir is not None:
+            folders.add(Path(self.config.load_dir))
+        if self.config.load_checkpoint is not None:
+            folders.add(Path(self.config.load_checkpoint).parent)
+        removed = []
+        for folder in folders:
+            for tmp in folder.parent.glob(f".{folder.name}.step-*.tmp"):
+                match = TMP_CHECKPOINT.fullmatch(tmp.name[len(folder.name) + 1 :])
+                if match is None or (match["pid"] is not None and _process_alive(int(match["pid"]))):
+                    continue
+                try:
+                    tmp.unlink()
+                    removed.append(tmp)
+                except OSError:
+                    pass
+        if removed:
+            CONSOLE.print(
+                f"Removed {len(removed)} partial checkpoint file{'s' if len(removed) > 1 else ''} of an interrupted "
+                f"save: {', '.join(str(p) for p in sorted(removed))} (the complete checkpoints are untouched)."
+            )
 
     def _distill_render_dir(self) -> Path:
         if self.config.load_dir is not None:
@@ -139,8 +232,11 @@ class RelsNerfTrainer(Trainer):
     def _on_stop_signal(self, signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
         if self._stop_signal is not None:
-            raise KeyboardInterrupt(f"{name} again: stopped at once; the last saved checkpoint is intact")
+            message = f"{name} again: stopped at once; the last saved checkpoint in {self.checkpoint_dir} is intact"
+            CONSOLE.print(f"[bold yellow]{message}.")
+            raise TrainingInterrupted(signum, message)
         self._stop_signal = name
+        self._stop_signum = signum
         CONSOLE.print(
             f"[yellow]{name}: finishing step {self.step}, then saving a checkpoint and stopping "
             "(send it again to stop at once)."
@@ -159,7 +255,15 @@ class RelsNerfTrainer(Trainer):
                 f"in {self.checkpoint_dir}, resume with --load-dir {self.checkpoint_dir}"
             )
         CONSOLE.print(f"[bold yellow]{self._stop_signal}: {where}.")
-        raise TrainingInterrupted(f"{self._stop_signal}: {where}")
+        raise TrainingInterrupted(self._stop_signum, f"{self._stop_signal}: {where}")
+
+    def _train_complete_viewer(self) -> None:
+        """nerfstudio keeps the viewer up after training until Ctrl-C; that Ctrl-C ends a finished run (status 0),
+        without the traceback nerfstudio's launcher would print for it."""
+        try:
+            super()._train_complete_viewer()
+        except KeyboardInterrupt:
+            CONSOLE.print("Viewer closed.")
 
     @profiler.time_function
     def train_iteration(self, step: int) -> TRAIN_INTERATION_OUTPUT:
@@ -215,7 +319,7 @@ class RelsNerfTrainer(Trainer):
                     reason += f" at grad scale {scale:g}"
             self._skip_nonfinite_step(step, reason)
             self._last_completed_step = step
-            return loss, loss_dict, metrics_dict
+            return _for_logging(loss, loss_dict, metrics_dict)
 
         with record_function("relsnerf/optimizer"):
             for group in stepping:
@@ -237,7 +341,7 @@ class RelsNerfTrainer(Trainer):
             self.optimizers.scheduler_step_all(step)
         self._nonfinite_streak = 0
         self._last_completed_step = step
-        return loss, loss_dict, metrics_dict
+        return _for_logging(loss, loss_dict, metrics_dict)
 
     def _gradients(self, groups: List[str]) -> List[torch.Tensor]:
         return [p.grad for group in groups for p in self.optimizers.parameters[group] if p.grad is not None]
@@ -427,23 +531,42 @@ def _separate_rank_streams(rank: int) -> None:
     torch.manual_seed(seed)
 
 
+TMP_CHECKPOINT = re.compile(r"\.step-\d+\.ckpt(?:\.(?P<pid>\d+))?\.tmp")
+"""The name of a temporary checkpoint file after `.<checkpoint folder>`; the writer's process id tells whether it is
+still being written (files without one come from earlier versions)."""
+
+DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def temporary_checkpoint_path(path: Path, pid: Optional[int] = None) -> Path:
+    """Where `write_checkpoint_atomically` writes `path` before renaming it (by this process, or by `pid`)."""
+    return path.parent.parent / f".{path.parent.name}.{path.name}.{os.getpid() if pid is None else pid}.tmp"
+
+
 def write_checkpoint_atomically(state: Dict[str, Any], path: Path) -> None:
     """torch.save to a temporary file next to the checkpoint folder, fsync, then rename over `path`.
 
     A kill or an error at any point leaves either the complete new file or none (and the earlier checkpoints as they
     were). The temporary file lives in the parent folder because nerfstudio's `--load-dir` and ns-eval parse the
-    step out of every file name in the checkpoint folder and fail on anything else.
+    step out of every file name in the checkpoint folder and fail on anything else; it carries the writer's process id
+    so that the next start can remove what a killed process left without touching a save in progress.
+    A write that fails with an OSError (a full disk, a read-only or vanished folder) raises CheckpointWriteError.
     """
-    tmp = path.parent.parent / f".{path.parent.name}.{path.name}.tmp"
+    tmp = temporary_checkpoint_path(path)
     try:
         with open(tmp, "wb") as file:
             torch.save(state, file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         tmp.unlink(missing_ok=True)
-        raise
+        cause = _os_error_in(error)
+        if cause is None or not isinstance(error, Exception):
+            raise
+        # torch.save reports a failed write as "RuntimeError: [enforce fail at inline_container.cc] unexpected pos",
+        # the OSError only in its context: say what happened instead (the OSError's text is kept in the message).
+        raise CheckpointWriteError(_describe_failed_write(path, cause)) from None
     try:  # make the rename itself durable (not available on every platform)
         directory = os.open(path.parent, os.O_RDONLY)
         try:
@@ -452,3 +575,85 @@ def write_checkpoint_atomically(state: Dict[str, Any], path: Path) -> None:
             os.close(directory)
     except OSError:
         pass
+
+
+def _os_error_in(error: BaseException) -> Optional[OSError]:
+    """The OSError that `error` is or was raised while handling (torch.save wraps a failed write)."""
+    seen = set()
+    current: Optional[BaseException] = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _describe_failed_write(path: Path, error: OSError) -> str:
+    folder = path.parent
+    earlier = sorted(checkpoint_files(folder), reverse=True) if folder.is_dir() else []
+    if earlier:
+        intact = earlier[0][1]
+        size = intact.stat().st_size / 2**20
+        kept = f"The previous checkpoint, {intact}, is intact"
+        then = f"then resume from it with --load-dir {folder}"
+        need = f" (a checkpoint of this run takes about {size:.0f} MiB)"
+    else:
+        kept, then, need = "No earlier checkpoint exists", "then train again", ""
+    try:
+        free = f"; {shutil.disk_usage(folder.parent).free / 2**20:.0f} MiB are free there"
+    except OSError:
+        free = ""
+    if error.errno in DISK_FULL:
+        what = f"The disk is full: checkpoint {path} could not be written ({error}){free}"
+        fix = f"Free some space{need}, {then}."
+    else:
+        what = f"Checkpoint {path} could not be written ({type(error).__name__}: {error})"
+        fix = f"Fix the cause, {then}."
+    return f"{what}. Nothing of it was kept. {kept}. {fix}"
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process is only starting: nothing of its own is being written yet
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    except OSError:
+        return False
+    return True
+
+
+def _for_logging(loss: torch.Tensor, loss_dict: Dict, metrics_dict: Dict) -> TRAIN_INTERATION_OUTPUT:
+    """A step's outputs as nerfstudio's loop uses them, for logging only (float(...)): detached, so that torch does not
+    warn about converting tensors that require gradients."""
+
+    def detached(value: Any) -> Any:
+        return value.detach() if isinstance(value, torch.Tensor) else value
+
+    return (
+        detached(loss),
+        {key: detached(value) for key, value in loss_dict.items()},
+        {key: detached(value) for key, value in metrics_dict.items()},
+    )
+
+
+def use_deterministic_algorithms(config: RelsNerfTrainerConfig) -> None:
+    """--deterministic True: torch's deterministic algorithms for this process (see the flag's help)."""
+    on_gpu = config.machine.device_type == "cuda"
+    notes = []
+    if on_gpu:
+        # cuBLAS is deterministic only with a fixed workspace; it reads this when it creates its first handle.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        model = config.pipeline.model
+        if getattr(model, "hash_grid_kernel", None) == "fused":
+            model.hash_grid_kernel = "torch"  # the fused table gradient sums with atomic adds, in any order
+            notes.append("nerfstudio's hash-grid lookup instead of the fused kernels")
+        notes.append("operations without a deterministic implementation warn")
+    torch.use_deterministic_algorithms(True, warn_only=on_gpu)
+    torch.backends.cudnn.benchmark = False  # ns-train turns benchmarking on, which picks kernels by timing
+    torch.backends.cudnn.deterministic = True
+    CONSOLE.print(f"Deterministic algorithms on (--deterministic True){': ' + '; '.join(notes) if notes else ''}.")

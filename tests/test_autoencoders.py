@@ -153,12 +153,16 @@ def test_sd_vae_random_architecture_round_trip():
     assert enc and dec and not enc & dec and enc | dec == {id(p) for p in ae.parameters()}
 
 
-def test_sd_vae_missing_weights_say_how_to_supply_them(tmp_path, monkeypatch):
+def test_sd_vae_missing_weights_say_how_to_supply_them(tmp_path, monkeypatch, capfd):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    capfd.readouterr()
     with pytest.raises(PretrainedWeightsError, match="--pipeline.model.autoencoder.pretrained"):
         StableDiffusionVAEConfig(pretrained=str(tmp_path / "no-such-vae")).setup()
     with pytest.raises(PretrainedWeightsError, match="huggingface-cli download"):
         StableDiffusionVAEConfig(pretrained="someone/not-in-the-cache").setup()
+    # Only the error: not diffusers' notice about installing accelerate once per attempt (four attempts here).
+    printed = capfd.readouterr()
+    assert "accelerate" not in printed.out + printed.err
 
 
 def tiny_vae(**overrides):

@@ -1,4 +1,5 @@
-"""Awkward and broken input (issue 7): odd image sizes and formats, unreadable files, few cameras, no sparse depth."""
+"""Awkward and broken input: odd image sizes and formats, unreadable files and scene files, few cameras, no sparse
+depth, splits that hold no image out, start-ups that fail."""
 
 from __future__ import annotations
 
@@ -14,12 +15,15 @@ import torch
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 from PIL import Image
 
-from relsnerf_ns.demo_scene import demo_camera_poses, render_view
+from relsnerf_ns.autoencoders.weights import PretrainedWeightsError
+from relsnerf_ns.demo_scene import demo_camera_poses, render_view, write_demo_scene
 from relsnerf_ns.image_files import ImageFileError, read_image
 from relsnerf_ns.phases import Phase
 from relsnerf_ns.relsnerf_datamanager import (
     ImageSizeError,
+    NoEvaluationImagesError,
     RelsNerfDataManagerConfig,
+    SceneFileError,
     aligned_crop,
     blend_alpha,
     random_patch,
@@ -282,3 +286,118 @@ def test_an_awkward_scene_trains_through_a_b_c_and_says_each_thing_once(tmp_path
     metrics, images = trainer.pipeline.model.get_image_metrics_and_images(outputs, batch)
     gt = images["img"][:, :52]
     assert torch.all(gt[:, :17] == 1.0) and np.isfinite(metrics["psnr"])
+
+
+# ---------------------------------------------------------------------------------------------------- scene files
+def test_a_transforms_json_that_is_not_json_is_named_with_the_position(tmp_path):
+    scene = write_scene(tmp_path / "scene", [(40, 32, "RGB")] * 3)
+    transforms = scene / "transforms.json"
+    text = transforms.read_text()
+    cut = text[: text.index('"frames": [') + len('"frames": [')] + "\n"  # a copy that stopped after the list opened
+    for broken, found in ((cut, "the file ends there: it is truncated"), (text.replace('"OPENCV"', "OPENCV"), "")):
+        transforms.write_text(broken)
+        with pytest.raises(json.JSONDecodeError) as parsed:
+            json.loads(broken)
+        with pytest.raises(SceneFileError) as error:
+            datamanager_config(scene).setup(device="cpu", test_mode="val")
+        message = str(error.value)
+        where = f"line {parsed.value.lineno}, column {parsed.value.colno} (character {parsed.value.pos})"
+        assert message.startswith(f"{transforms} is not valid JSON: {parsed.value.msg} at {where}; "), message
+        assert (found or 'the line reads \'{"camera_model": OPENCV') in message
+        assert error.value.__cause__ is None and error.value.__suppress_context__  # one message, not json's traceback
+
+
+@pytest.mark.parametrize("fault", ["unparsable transforms.json", "missing decoder weights"])
+def test_a_failed_start_leaves_no_run_folder_behind(fault, scene, tmp_path):
+    outputs = tmp_path / "outputs"
+    if fault == "unparsable transforms.json":
+        bad = write_scene(tmp_path / "bad", [(40, 32, "RGB")] * 3)
+        (bad / "transforms.json").write_text('{"frames": [\n')
+        config, error = tiny_config("relsnerf-r32", bad, outputs, steps=(1, 1, 0)), SceneFileError
+    else:
+        config, error = tiny_config("relsnerf", scene, outputs, steps=(1, 1, 0)), PretrainedWeightsError
+        config.pipeline.model.autoencoder.init = "pretrained"
+        config.pipeline.model.autoencoder.pretrained = str(tmp_path / "no-such-vae")
+    config.save_config()  # what ns-train writes before set-up
+    run_folder = config.get_base_dir()
+    assert (run_folder / "config.yml").is_file()
+    with pytest.raises(error):
+        config.setup(local_rank=0, world_size=1).setup()
+    assert not run_folder.exists() and list(outputs.iterdir()) == []  # nor the experiment and method folders
+    if fault == "unparsable transforms.json":  # a run folder that holds an earlier run's files is left as it was
+        config.save_config()
+        (run_folder / "nerfstudio_models").mkdir()
+        (run_folder / "nerfstudio_models" / "step-000000009.ckpt").write_bytes(b"earlier")
+        with pytest.raises(error):
+            config.setup(local_rank=0, world_size=1).setup()
+        assert sorted(p.name for p in run_folder.rglob("*")) == [
+            "config.yml",
+            "nerfstudio_models",
+            "step-000000009.ckpt",
+        ]
+
+
+# ------------------------------------------------------------------------------------------------ no held-out images
+@pytest.mark.parametrize("views", [8, 2])
+def test_a_split_that_holds_no_image_out_is_said_at_start_up(views, tmp_path):
+    scene = write_demo_scene(tmp_path / "scene", width=64, height=48, num_views=views)
+    config = datamanager_config(scene)
+    config.dataparser = NerfstudioDataParserConfig(data=scene)  # nerfstudio-data's default split: 0.9, rounded up
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        datamanager = config.setup(device="cpu", test_mode="val")
+    printed = flat(out.getvalue())
+    assert printed.count("Nothing is held out for evaluation") == 1
+    assert f"(--eval-mode fraction trains on ceil(0.9 x {views}) = all {views} images; this fraction holds" in printed
+    assert f"`nerfstudio-data --eval-mode interval --eval-interval {views}`" in printed
+    assert "ns-render spiral and interpolate use the training cameras" in printed
+    assert len(datamanager.eval_dataset) == 0 and len(datamanager.train_dataset) == views
+    camera, _ = datamanager.eval_dataloader.get_camera(image_idx=0)  # where ns-render spiral starts
+    assert torch.equal(camera.camera_to_worlds, datamanager.train_dataset.cameras.camera_to_worlds[:1])
+    with pytest.raises(NoEvaluationImagesError, match="Nothing to evaluate: this run held no image out"):
+        datamanager.next_eval_image(0)  # never training images reported as held-out results
+
+
+@pytest.fixture(scope="module")
+def run_without_held_out_images(tmp_path_factory) -> Path:
+    """A run on 8 views with nerfstudio-data's default split (phases A and B, one step each), as ns-train leaves it."""
+    root = tmp_path_factory.mktemp("no_held_out")
+    scene = write_demo_scene(root / "scene", width=64, height=48, num_views=8)
+    config = tiny_config("relsnerf-r32", scene, root / "outputs", steps=(1, 1, 0))
+    config.save_config()
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    trainer.train()
+    return config.get_base_dir() / "config.yml"
+
+
+def test_ns_eval_of_a_run_without_held_out_images_says_there_is_nothing_to_evaluate(
+    run_without_held_out_images, tmp_path
+):
+    from nerfstudio.scripts.eval import ComputePSNR  # what ns-eval runs (an uncaught error: exit status 1)
+
+    output = tmp_path / "metrics.json"
+    with pytest.raises(NoEvaluationImagesError) as error:
+        ComputePSNR(load_config=run_without_held_out_images, output_path=output).main()
+    message = str(error.value)
+    assert message.startswith("Nothing to evaluate: this run held no image out for evaluation (--eval-mode fraction")
+    assert "To evaluate, train again and hold images out with e.g. `nerfstudio-data --eval-mode interval" in message
+    assert not output.exists()
+
+
+def test_ns_render_of_a_run_without_held_out_images_uses_the_training_cameras(run_without_held_out_images, tmp_path):
+    from nerfstudio.scripts.render import RenderCameraPath, RenderInterpolated, SpiralRender
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    from .test_commands import write_camera_path
+
+    common = dict(load_config=run_without_held_out_images, output_format="images", image_format="png")
+    SpiralRender(output_path=tmp_path / "spiral.mp4", seconds=0.25, frame_rate=8, **common).main()
+    # --pose-source eval (the default): the evaluation cameras are the training cameras.
+    RenderInterpolated(output_path=tmp_path / "interpolate.mp4", interpolation_steps=1, **common).main()
+    _, pipeline, _, _ = eval_setup(run_without_held_out_images, test_mode="inference")
+    write_camera_path(tmp_path / "path.json", pipeline, 40, 30)
+    RenderCameraPath(output_path=tmp_path / "path.mp4", camera_path_filename=tmp_path / "path.json", **common).main()
+    for name, frames, size in (("spiral", 2, (64, 48)), ("interpolate", 7, (64, 48)), ("path", 3, (40, 30))):
+        files = sorted((tmp_path / name).glob("*.png"))
+        assert len(files) >= frames and Image.open(files[0]).size == size, name

@@ -1,9 +1,13 @@
-"""Faults in training: non-finite losses, checkpoint writes that fail midway, signals, mismatched checkpoints."""
+"""Faults in training: non-finite losses, checkpoint writes that fail midway or on a full disk, partial checkpoints of
+killed saves, signals (exit status, console), mismatched checkpoints."""
 
 from __future__ import annotations
 
 import copy
+import errno
+import io
 import os
+import re
 import signal
 import subprocess
 import time
@@ -11,8 +15,10 @@ import time
 import pytest
 import torch
 
+import relsnerf_ns.relsnerf_trainer as trainer_module
+from relsnerf_ns.known_warnings import KNOWN_HARMLESS
 from relsnerf_ns.relsnerf_model import CheckpointMismatchError
-from relsnerf_ns.relsnerf_trainer import NonFiniteLossError
+from relsnerf_ns.relsnerf_trainer import CheckpointWriteError, NonFiniteLossError, temporary_checkpoint_path
 
 from .conftest import TINY_MODEL, VENV_BIN, tiny_cli_args, tiny_config
 
@@ -130,26 +136,97 @@ def test_with_a_grad_scaler_its_skipped_steps_count_and_a_nonfinite_loss_keeps_t
     assert [p.name for p in trainer.checkpoint_dir.glob("*.ckpt")] == ["step-000000000.ckpt"]
 
 
-def test_a_checkpoint_write_that_fails_midway_leaves_the_previous_checkpoint_intact(scene, tmp_path, monkeypatch):
-    trainer = make_trainer(scene, tmp_path, (1, 1, 0), save_only_latest_checkpoint=True)
-    trainer.save_checkpoint(0)
-    previous = trainer.checkpoint_dir / "step-000000000.ckpt"
+@pytest.fixture(scope="module")
+def saver(scene, tmp_path_factory):
+    """One tiny trainer for the checkpoint-writing tests; each points it at a checkpoint folder of its own."""
+    return make_trainer(scene, tmp_path_factory.mktemp("saver"), (1, 1, 0), save_only_latest_checkpoint=True)
+
+
+def checkpoint_folder(trainer, tmp_path):
+    trainer.checkpoint_dir = tmp_path / "run" / "nerfstudio_models"
+    return trainer.checkpoint_dir
+
+
+def test_a_checkpoint_write_that_fails_midway_leaves_the_previous_checkpoint_intact(saver, tmp_path, monkeypatch):
+    folder = checkpoint_folder(saver, tmp_path)
+    saver.save_checkpoint(0)
+    previous = folder / "step-000000000.ckpt"
     intact = previous.read_bytes()
     real_save = torch.save
 
-    def interrupted_save(state, file, *args, **kwargs):  # Ctrl-C (or a full disk) halfway through the write
+    def interrupted_save(state, file, *args, **kwargs):  # Ctrl-C halfway through the write
         real_save(state, file, *args, **kwargs)
         file.truncate(file.tell() // 2)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(torch, "save", interrupted_save)
     with pytest.raises(KeyboardInterrupt):
-        trainer.save_checkpoint(1)
+        saver.save_checkpoint(1)
     monkeypatch.setattr(torch, "save", real_save)
-    assert [p.name for p in trainer.checkpoint_dir.iterdir()] == ["step-000000000.ckpt"]
+    assert [p.name for p in folder.iterdir()] == ["step-000000000.ckpt"]
     assert previous.read_bytes() == intact
-    assert not list(trainer.base_dir.rglob("*.tmp"))
+    assert not list(tmp_path.rglob("*.tmp"))
     assert torch.load(previous, map_location="cpu", weights_only=True)["step"] == 0
+
+
+def fill_the_disk_after(monkeypatch, budget: int) -> None:
+    """Files the trainer module opens take `budget` bytes, then fail as on a full disk (ENOSPC)."""
+
+    class FullDisk(io.FileIO):
+        def write(self, data):
+            nonlocal budget
+            if len(data) > budget:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            budget -= len(data)
+            return super().write(data)
+
+    monkeypatch.setattr(trainer_module, "open", lambda path, mode="r": FullDisk(path, mode), raising=False)
+
+
+def test_a_full_disk_while_saving_says_so_in_one_message_and_keeps_the_previous_checkpoint(
+    saver, tmp_path, monkeypatch
+):
+    folder = checkpoint_folder(saver, tmp_path)
+    saver.save_checkpoint(0)
+    previous = folder / "step-000000000.ckpt"
+    intact = previous.read_bytes()
+    fill_the_disk_after(monkeypatch, budget=len(intact) // 2)  # the disk fills up halfway through the next one
+    with pytest.raises(CheckpointWriteError) as error:
+        saver.save_checkpoint(1)
+    message = str(error.value)
+    assert message.startswith(
+        f"The disk is full: checkpoint {folder / 'step-000000001.ckpt'} could not be written ([Errno 28] No space left "
+        "on device)"
+    )
+    assert f"The previous checkpoint, {previous}, is intact." in message
+    assert "Free some space (a checkpoint of this run takes about" in message
+    assert message.endswith(f"then resume from it with --load-dir {folder}.")
+    # One message: not torch's "[enforce fail at inline_container.cc] unexpected pos" with the cause in its context.
+    assert "inline_container" not in message and error.value.__suppress_context__
+    assert [p.name for p in folder.iterdir()] == ["step-000000000.ckpt"] and previous.read_bytes() == intact
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_partial_checkpoints_of_killed_saves_are_removed_at_the_next_start(saver, scene, tmp_path, capsys):
+    folder = checkpoint_folder(saver, tmp_path)
+    saver.save_checkpoint(0)
+    complete = (folder / "step-000000000.ckpt").read_bytes()
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    # What saves killed between writing and renaming leave beside the folder (a process that has ended, and a file of
+    # an earlier version without a process id), and the file of a save still in progress in another process.
+    killed = temporary_checkpoint_path(folder / "step-000000001.ckpt", pid=ended.pid)
+    legacy = folder.parent / ".nerfstudio_models.step-000000002.ckpt.tmp"
+    in_progress = temporary_checkpoint_path(folder / "step-000000003.ckpt", pid=os.getppid())
+    for path in (killed, legacy, in_progress):
+        path.write_bytes(complete[:100])
+    capsys.readouterr()
+    resumed = make_trainer(scene, tmp_path / "next", (1, 1, 0), load_dir=folder)
+    out = "".join(capsys.readouterr().out.split())  # (rich wraps long paths anywhere)
+    assert "Removed2partialcheckpointfilesofaninterruptedsave:" in out
+    assert str(legacy).replace(" ", "") in out and str(killed).replace(" ", "") in out
+    assert not killed.exists() and not legacy.exists() and in_progress.exists()
+    assert (folder / "step-000000000.ckpt").read_bytes() == complete and resumed._start_step == 1
 
 
 def test_resume_skips_stray_files_and_an_unreadable_latest_checkpoint(scene, tmp_path, capsys):
@@ -214,11 +291,34 @@ def test_ns_train_stopped_by_a_signal_saves_the_step_in_progress(stop_signal, sc
     text = " ".join(output.split())
     name = signal.Signals(stop_signal).name
     assert f"{name}: finishing step" in text and f"{name}: stopped after step" in text, text[-3000:]
+    # Status 128 + signal number (130, 143), as shells report for a process ended by the signal; no traceback.
+    assert process.returncode == 128 + stop_signal, (process.returncode, text[-3000:])
+    assert "Traceback" not in output
+    # The console of a run: nerfstudio's and torch's known harmless warnings are silenced (the only warnings left are
+    # those nerfstudio prints while importing its own modules, before any plugin code runs).
+    for _, message, _, _ in KNOWN_HARMLESS:
+        assert not re.search(message, output), message
+    assert "Converting a tensor with requires_grad=True to a scalar" not in output
+    warnings_left = {line for line in output.splitlines() if re.search(r"\w+Warning: ", line)}
+    assert all("torch.cuda.amp.custom_" in line for line in warnings_left), warnings_left
     checkpoints = sorted((tmp_path / "signal" / "relsnerf-r32" / "run" / "nerfstudio_models").glob("*"))
     assert len(checkpoints) == 1 and checkpoints[0].suffix == ".ckpt"
     saved = torch.load(checkpoints[0], map_location="cpu", weights_only=True)
     assert saved["step"] >= 2 and f"stopped after step {saved['step']} (phase B" in text
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_a_second_signal_stops_at_once_with_the_signals_exit_status(saver, capsys):
+    from relsnerf_ns.relsnerf_trainer import TrainingInterrupted
+
+    saver._stop_signal = None
+    saver._on_stop_signal(signal.SIGTERM, None)  # the first: finish the step, save, stop
+    with pytest.raises(TrainingInterrupted) as stopped:
+        saver._on_stop_signal(signal.SIGTERM, None)
+    assert stopped.value.code == 143 and isinstance(stopped.value, SystemExit)  # not nerfstudio's KeyboardInterrupt
+    assert "SIGTERM again: stopped at once; the last saved checkpoint in" in str(stopped.value)
+    assert "SIGTERM again" in capsys.readouterr().out
+    saver._stop_signal = None
 
 
 # ---------------------------------------------------------------------------------------------- mismatched checkpoints

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from torch import nn
@@ -126,3 +128,80 @@ def test_tiles_with_a_halo_covering_the_receptive_field_decode_exactly(capsys):
         small = torch.randn(1, 4, 5, 3)
         torch.testing.assert_close(decode_frame(limited, small, tiles, halo=2), decoder(small))
         assert messages(capsys) == ""
+
+
+class FakeCapture:
+    """torch.cuda's graph-capture API on the CPU: what `LatentFrameRenderer._capture` calls, with `capturing` set
+    while a graph is being captured. Like a real capture whose allocation failed, ending it raises a RuntimeError (the
+    capture was invalidated) with the OutOfMemoryError only in its context."""
+
+    def __init__(self, monkeypatch):
+        self.capturing = False
+        self.captures = 0
+        fake = self
+
+        class Graph:
+            def replay(self):
+                raise AssertionError("a failed capture must not be replayed")
+
+        class CaptureContext:
+            def __init__(self, graph):
+                pass
+
+            def __enter__(self):
+                fake.capturing, fake.captures = True, fake.captures + 1
+
+            def __exit__(self, kind, value, traceback):
+                fake.capturing = False
+                if value is not None:
+                    raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+
+        class Stream:
+            def __init__(self, *args, **kwargs):
+                pass
+
+            def wait_stream(self, other):
+                pass
+
+        monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+        monkeypatch.setattr(torch.cuda, "graph", CaptureContext)
+        monkeypatch.setattr(torch.cuda, "Stream", Stream)
+        monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+        monkeypatch.setattr(torch.cuda, "current_stream", lambda *args: Stream())
+
+
+def test_running_out_of_memory_while_capturing_a_cuda_graph_falls_back_to_chunks(model, monkeypatch, capsys):  # noqa: F811
+    """The fast path captures a resolution's frame as a CUDA graph at its second sighting; an allocation that fails
+    during the capture is an out-of-memory case like the others (chunks from then on, graphs kept for what fits), not
+    a capture failure that would turn graphs off for every size."""
+    model.eval()
+    model.config.inference_path = "fast"
+    renderer = model.frame_renderer
+    cam = camera(width=64, height=48)  # 48 latent rays
+    expected = model.get_outputs_for_camera(cam)
+    capture = FakeCapture(monkeypatch)
+    monkeypatch.setattr(type(renderer), "_use_graphs", lambda self, rays: self.cuda_graphs and not self._graphs_failed)
+    render_latents = model.render_latents
+
+    def no_memory_while_capturing(bundle, **kwargs):
+        if capture.capturing:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated, during graph capture)")
+        return render_latents(bundle, **kwargs)
+
+    monkeypatch.setattr(model, "render_latents", no_memory_while_capturing)
+    capsys.readouterr()
+    assert_same_outputs(model.get_outputs_for_camera(cam), expected)  # first sighting: eager
+    assert capture.captures == 0 and messages(capsys) == ""
+    assert_same_outputs(model.get_outputs_for_camera(cam), expected)  # second: the capture runs out of memory
+    assert capture.captures == 1
+    text = messages(capsys)
+    assert "Out of GPU memory rendering a 64x48 frame as one bundle of 48 latent rays" in text
+    assert "capture failed" not in text and not renderer._graphs_failed  # graphs stay on for sizes that fit
+    assert model.fast_path_max_rays == 48 and renderer.num_captured == 0
+    # Frames this large now go straight to chunks (no new capture attempt, no message); smaller ones keep the fast path.
+    assert_same_outputs(model.get_outputs_for_camera(cam), expected)
+    assert capture.captures == 1 and messages(capsys) == ""
+    small = camera(width=32, height=24)
+    model.get_outputs_for_camera(small)
+    model.get_outputs_for_camera(small)  # second sighting of a size that fits: captured (and fails again here)
+    assert capture.captures == 2

@@ -1,9 +1,10 @@
 """Interrupting a run (SIGINT) in phase A, B or C and resuming it with --load-dir gives the uninterrupted run.
 
 Phase, step, learning rate at every step and the final parameters are compared with an uninterrupted run of the same
-seed. The resumed process is seeded as ns-train seeds it (the seed also fixes the order in which nerfstudio caches the
-training images); its generators then stand where set-up leaves them, so only the states saved in the checkpoint make
-it draw the rays, patches and crops that the uninterrupted run drew after the interrupted step.
+seed, all with `--deterministic True` (bit-identical parameters on the CPU). The resumed process is seeded as ns-train
+seeds it (the seed also fixes the order in which nerfstudio caches the training images); its generators then stand
+where set-up leaves them, so only the states saved in the checkpoint make it draw the rays, patches and crops that the
+uninterrupted run drew after the interrupted step.
 """
 
 from __future__ import annotations
@@ -25,14 +26,13 @@ LAST_STEP = sum(STEPS) - 1
 
 
 @pytest.fixture(autouse=True, scope="module")
-def deterministic_algorithms():
-    """Bit-reproducible runs: the CPU hash-grid backward accumulates in a thread-dependent order otherwise, and Adam
-    (eps 1e-15) turns that noise into visible differences in parameters whose gradient is ~0 (biases before an instance
-    norm)."""
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
+def restore_deterministic_mode():
+    """`--deterministic True` (the trainers here) switches torch's deterministic algorithms on for the whole process:
+    switch them back off for the other test modules."""
+    previous = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
     yield
-    torch.use_deterministic_algorithms(previous)
+    torch.use_deterministic_algorithms(previous[0])
+    torch.backends.cudnn.benchmark = previous[1]
 
 
 def seed_everything(seed: int) -> None:
@@ -43,6 +43,10 @@ def seed_everything(seed: int) -> None:
 
 def new_trainer(scene, output, load_dir=None, seed=7):
     config = tiny_config("relsnerf-r32", scene, output, STEPS)
+    # Bit-reproducible runs: the CPU hash-grid backward accumulates in a thread-dependent order otherwise, and Adam
+    # (eps 1e-15) turns that noise into visible differences in parameters whose gradient is ~0 (biases before an
+    # instance norm).
+    config.deterministic = True
     config.save_only_latest_checkpoint = False
     config.load_dir = load_dir
     seed_everything(seed)  # what ns-train does before set-up
@@ -72,7 +76,9 @@ def parameters(trainer):
 
 @pytest.fixture(scope="module")
 def uninterrupted(scene, tmp_path_factory):
+    torch.use_deterministic_algorithms(False)  # the flag, not an earlier test, turns them on
     trainer = new_trainer(scene, tmp_path_factory.mktemp("uninterrupted"))
+    assert torch.are_deterministic_algorithms_enabled()
     rates, phases = watch(trainer)
     trainer.train()
     assert trainer.step == LAST_STEP
@@ -93,8 +99,9 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(
         return get_loss(step)
 
     monkeypatch.setattr(first.pipeline, "get_train_loss_dict", press_ctrl_c_during)
-    with pytest.raises(TrainingInterrupted, match=f"stopped after step {interrupt_at} \\(phase {phase}:"):
+    with pytest.raises(TrainingInterrupted, match=f"stopped after step {interrupt_at} \\(phase {phase}:") as stopped:
         first.train()
+    assert stopped.value.code == 130  # what shells report for a process ended by SIGINT
     # The step in progress was finished and saved; nothing else was written.
     assert [p.name for p in first.checkpoint_dir.glob("*.ckpt")] == [f"step-{interrupt_at:09d}.ckpt"]
     saved = torch.load(first.checkpoint_dir / f"step-{interrupt_at:09d}.ckpt", map_location="cpu", weights_only=True)

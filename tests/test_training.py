@@ -141,8 +141,29 @@ def test_ns_train_help_documents_the_options(method):
         "--pipeline.model.autoencoder.",
         "--max-consecutive-nonfinite-steps",
         "--pipeline.model.decode-tile-halo",
+        "--deterministic",
     ):
         assert option in text, option
     assert "skip phase C" in text and "gamma of eq. 4" in text  # field docstrings reach --help
     unboxed = " ".join(result.stdout.replace("│", " ").split())
     assert "After this many such steps in a row the run stops, naming the phase and step" in unboxed
+    assert "an interrupted run resumed with --load-dir (this flag set again), then end with bit-identical" in unboxed
+
+
+IMPORT_CHECK = """
+import sys
+import nerfstudio.plugins.registry as methods, nerfstudio.plugins.registry_dataparser as dataparsers
+methods.discover_methods = dataparsers.discover_dataparsers = lambda: ({}, {})
+import nerfstudio.configs.method_configs  # what every ns-* command imports, here without its plugins
+before = set(sys.modules)
+import relsnerf_ns.relsnerf_config, relsnerf_ns.llff_dataparser  # the plugin's entry points
+print(sorted({name.split(".")[0] for name in set(sys.modules) - before}))
+"""
+
+
+def test_the_plugin_imports_nothing_that_nerfstudio_does_not_import_already():
+    """nerfstudio imports every plugin's entry points for every ns-* command: heavy modules (torchmetrics, diffusers)
+    are imported where they are used, so that loading the plugin costs only its own modules (~0.1 s)."""
+    result = subprocess.run([str(VENV_BIN / "python"), "-c", IMPORT_CHECK], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "['relsnerf_ns']", result.stdout

@@ -7,6 +7,7 @@ reachable. ``init="random"`` builds the same architecture with random weights (u
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Literal, Optional, Tuple, Type
@@ -58,11 +59,21 @@ def _from_pretrained(source: str, subfolder: Optional[str], local_only: bool):
     """diffusers' loading, made strict: without `accelerate`, diffusers fills missing weights with random values
     (and only logs it), and reports wrong shapes with a RuntimeError that says nothing about how to fix it."""
     from diffusers import AutoencoderKL
+    from diffusers.utils import is_accelerate_available
 
     try:
-        vae, info = AutoencoderKL.from_pretrained(
-            source, subfolder=subfolder, local_files_only=local_only, output_loading_info=True
-        )
+        with warnings.catch_warnings():
+            # diffusers passes huggingface_hub an argument that it has deprecated and ignores.
+            warnings.filterwarnings("ignore", message="The `local_dir_use_symlinks` argument is deprecated")
+            vae, info = AutoencoderKL.from_pretrained(
+                source,
+                subfolder=subfolder,
+                local_files_only=local_only,
+                output_loading_info=True,
+                # What diffusers falls back to without accelerate anyway, said explicitly: otherwise it logs its
+                # notice about installing accelerate on every attempt (up to four per load).
+                low_cpu_mem_usage=is_accelerate_available(),
+            )
     except (RuntimeError, ValueError) as error:  # the type and wording depend on whether accelerate is installed
         if any(text in str(error).lower() for text in ("size mismatch", "missing key", "are missing", "mismatched")):
             raise _weights_mismatch(source, subfolder, str(error).splitlines()[0]) from error
