@@ -13,6 +13,7 @@ from .conftest import tiny_config
 @pytest.fixture(scope="module")
 def datamanager(scene, tmp_path_factory):
     config = tiny_config("relsnerf-r32", scene, tmp_path_factory.mktemp("dm"))
+    config.pipeline.model.depth_loss_mult = 0.1  # the depth rays are drawn only when the model's depth loss is on
     pipeline = config.pipeline.setup(device="cpu", test_mode="val")
     return pipeline.datamanager
 
