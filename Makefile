@@ -4,9 +4,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-packages test demo lint format clean
+.PHONY: setup setup-demo system-packages demo-packages test demo lint format clean
 
+# Everything: the Python environment, ffmpeg, and the browser the viewer tests drive.
 setup: $(STAMP) system-packages
+
+# What the demo needs: the Python environment and ffmpeg (no browser).
+setup-demo: $(STAMP) demo-packages
 
 # The CUDA build of torch from PyPI (it also runs on CPU); constraints.txt pins every transitive package.
 $(STAMP): pyproject.toml constraints.txt
@@ -16,7 +20,11 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 # Debian packages: ffmpeg (ns-render writes videos with it); chromium and its driver (the viewer tests open
-# ns-viewer's page in headless Chromium). Installed only when missing.
+# ns-viewer's page in headless Chromium). Installed only when missing; `make demo` installs ffmpeg alone.
+APT_INSTALL = if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null
+
 system-packages:
 	@missing=""; \
 	command -v ffmpeg >/dev/null 2>&1 || missing="$$missing ffmpeg"; \
@@ -24,15 +32,21 @@ system-packages:
 	command -v chromedriver >/dev/null 2>&1 || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
-	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  $(APT_INSTALL); \
+	fi
+
+demo-packages:
+	@missing=""; \
+	command -v ffmpeg >/dev/null 2>&1 || missing="$$missing ffmpeg"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(APT_INSTALL); \
 	fi
 
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q --durations=15 tests
 
-demo: setup
+demo: setup-demo
 	$(BIN)/python -m relsnerf_ns.demo --output demo_output
 
 lint: setup
