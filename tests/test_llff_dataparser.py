@@ -298,6 +298,7 @@ def test_pipeline_without_sparse_depth_has_no_depth_loss_and_one_message(llff, t
         if remove_sparse:
             shutil.rmtree(scene / "sparse")
         config = tiny_config("relsnerf-r32", scene, tmp_path / "out")
+        config.pipeline.model.recipe = "paper"  # the recipe with the depth loss on
         config.pipeline.datamanager.dataparser = LLFFDataParserConfig(data=scene, downscale_factor=1)
         capsys.readouterr()
         pipeline = config.pipeline.setup(device="cpu", test_mode="val")
