@@ -10,11 +10,14 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 warnings.filterwarnings("ignore")
 
+from nerfstudio.cameras.cameras import Cameras  # noqa: E402
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig  # noqa: E402
+from nerfstudio.data.scene_box import SceneBox  # noqa: E402
 
 from relsnerf_ns.demo_scene import write_demo_scene  # noqa: E402
 from relsnerf_ns.relsnerf_config import relsnerf, relsnerf_r32, relsnerf_tiny  # noqa: E402
@@ -134,3 +137,31 @@ def trained_run(scene, tmp_path_factory) -> Path:
     config = output / "cli" / "relsnerf-r32" / "run" / "config.yml"
     assert config.exists()
     return config
+
+
+@pytest.fixture()
+def model():
+    """A tiny relsnerf-r32 model (random R32 autoencoder) on the CPU, seeded."""
+    torch.manual_seed(0)
+    config = copy.deepcopy(relsnerf_r32.config.pipeline.model)
+    for k, v in TINY_MODEL.items():
+        setattr(config, k, v)
+    for k, v in TINY_AE["relsnerf-r32"].items():
+        setattr(config.autoencoder, k, v)
+    scene_box = SceneBox(aabb=torch.tensor([[-1.5, -1.5, -1.5], [1.5, 1.5, 1.5]]))
+    return config.setup(scene_box=scene_box, num_train_data=4, metadata={}, device="cpu")
+
+
+def camera(width=64, height=48, n=1) -> Cameras:
+    """`n` identical pinhole cameras 3 units in front of the origin, looking at it."""
+    c2w = torch.eye(4)[:3].clone()
+    c2w[2, 3] = 3.0
+    return Cameras(
+        camera_to_worlds=c2w[None].repeat(n, 1, 1),
+        fx=60.0,
+        fy=60.0,
+        cx=width / 2,
+        cy=height / 2,
+        width=width,
+        height=height,
+    )

@@ -7,7 +7,7 @@ import torch
 
 from relsnerf_ns.fast_render import stage_times
 
-from .test_model import camera, model  # noqa: F401  (fixture)
+from .conftest import camera
 
 OUTPUTS = ("rgb", "rgb_nerf", "depth", "accumulation", "latent")
 

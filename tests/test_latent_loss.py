@@ -6,7 +6,6 @@ import copy
 
 import pytest
 import torch
-from nerfstudio.data.scene_box import SceneBox
 
 from relsnerf_ns.latent_rays import latent_ray_bundle
 from relsnerf_ns.latent_targets import LatentTargets, encode_images
@@ -14,9 +13,8 @@ from relsnerf_ns.phases import Phase
 from relsnerf_ns.relsnerf_config import relsnerf_r32
 from relsnerf_ns.relsnerf_datamanager import aligned_crop
 
-from .conftest import TINY_AE, TINY_MODEL, tiny_config
+from .conftest import camera, tiny_config
 from .test_llff_dataparser import write_llff_scene
-from .test_model import camera
 
 
 @pytest.fixture(scope="module")
@@ -74,18 +72,6 @@ def test_encode_images_pads_sides_to_multiples_of_8_by_replication():
     assert seen[0].shape == (1, 3, 16, 16) and latent.shape == (3, 2, 2)
     torch.testing.assert_close(seen[0][0, :, 15, 9], image[12, 9])  # bottom rows copy the last row
     torch.testing.assert_close(seen[0][0, :, 3, 15], image[3, 9])  # right columns copy the last column
-
-
-@pytest.fixture()
-def model():
-    torch.manual_seed(0)
-    config = copy.deepcopy(relsnerf_r32.config.pipeline.model)
-    for k, v in TINY_MODEL.items():
-        setattr(config, k, v)
-    for k, v in TINY_AE["relsnerf-r32"].items():
-        setattr(config.autoencoder, k, v)
-    scene_box = SceneBox(aabb=torch.tensor([[-1.5, -1.5, -1.5], [1.5, 1.5, 1.5]]))
-    return config.setup(scene_box=scene_box, num_train_data=4, metadata={}, device="cpu")
 
 
 def test_latent_loss_reaches_only_the_latent_field(model):

@@ -2,44 +2,13 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
-from nerfstudio.cameras.cameras import Cameras
-from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.field_components.field_heads import FieldHeadNames
 
 from relsnerf_ns.latent_rays import latent_ray_bundle
-from relsnerf_ns.relsnerf_config import relsnerf_r32
 
-from .conftest import TINY_AE, TINY_MODEL
-
-
-@pytest.fixture()
-def model():
-    torch.manual_seed(0)
-    config = copy.deepcopy(relsnerf_r32.config.pipeline.model)
-    for k, v in TINY_MODEL.items():
-        setattr(config, k, v)
-    for k, v in TINY_AE["relsnerf-r32"].items():
-        setattr(config.autoencoder, k, v)
-    scene_box = SceneBox(aabb=torch.tensor([[-1.5, -1.5, -1.5], [1.5, 1.5, 1.5]]))
-    return config.setup(scene_box=scene_box, num_train_data=4, metadata={}, device="cpu")
-
-
-def camera(width=64, height=48, n=1) -> Cameras:
-    c2w = torch.eye(4)[:3].clone()
-    c2w[2, 3] = 3.0
-    return Cameras(
-        camera_to_worlds=c2w[None].repeat(n, 1, 1),
-        fx=60.0,
-        fy=60.0,
-        cx=width / 2,
-        cy=height / 2,
-        width=width,
-        height=height,
-    )
+from .conftest import camera
 
 
 def test_latent_is_the_weighted_sum_of_z_along_each_ray(model):
