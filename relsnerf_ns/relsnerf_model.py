@@ -383,14 +383,6 @@ class RelsNerfModel(NerfactoModel):
         images = self.autoencoder.decode(batched.permute(0, 3, 1, 2).contiguous())
         return images if latent.ndim == 4 else images[0]
 
-    def render_latent_map(
-        self, cameras: Cameras, camera_index: int, top: int, left: int, rows: int, cols: int, with_colour: bool = False
-    ) -> Dict[str, Tensor]:
-        """Latent map [rows, cols, n] of the blocks of a camera's image whose corner is (top, left)."""
-        bundle = latent_ray_bundle(cameras, camera_index, top, left, rows, cols).to(self.device)
-        outputs = self.render_latents(bundle.flatten(), with_colour=with_colour)
-        return {k: v.view(rows, cols, -1) for k, v in outputs.items()}
-
     def _render_latent_bundle_chunked(self, bundle: RayBundle) -> Dict[str, Tensor]:
         rows, cols = bundle.shape
         flat = bundle.flatten()

@@ -6,9 +6,8 @@ queue it. Used by `ns-eval` (per-frame times of the decoded and the RGB-NeRF out
 
 from __future__ import annotations
 
-import statistics
 import time
-from typing import Callable, List, Tuple, TypeVar, Union
+from typing import Callable, Tuple, TypeVar, Union
 
 import torch
 
@@ -29,13 +28,3 @@ def timed(function: Callable[[], T], device: Union[str, torch.device]) -> Tuple[
     result = function()
     synchronize(device)
     return result, time.perf_counter() - start
-
-
-def median_seconds(function: Callable[[], object], device: Union[str, torch.device], repeats: int, warmup: int = 1):
-    """Median seconds per call of `function()` after `warmup` untimed calls."""
-    if repeats < 1:
-        raise ValueError(f"repeats must be at least 1, got {repeats}")
-    for _ in range(warmup):
-        function()
-    seconds: List[float] = [timed(function, device)[1] for _ in range(repeats)]
-    return statistics.median(seconds)

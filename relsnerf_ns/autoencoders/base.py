@@ -85,15 +85,10 @@ def to_unit(images: Tensor) -> Tensor:
     return (images + 1.0) * 0.5
 
 
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 __all__ = [
     "AutoencoderConfig",
     "LatentAutoencoder",
     "check_image_batch",
-    "count_parameters",
     "to_signed",
     "to_unit",
 ]
