@@ -10,7 +10,7 @@ from torch import nn
 
 from relsnerf_ns.out_of_memory import ShrinkingSize, decode_frame
 
-from .test_model import camera, model  # noqa: F401  (fixture)
+from .conftest import camera
 
 
 def out_of_memory_above(limit, function, size_of):
