@@ -50,11 +50,6 @@ class LatentTargets:
     def channels(self) -> int:
         return int(self.maps.shape[-1])
 
-    def to(self, device: torch.device | str) -> "LatentTargets":
-        for name in ("maps", "sizes", "mean", "std"):
-            setattr(self, name, getattr(self, name).to(device))
-        return self
-
     def at_pixels(self, indices: Int[Tensor, "rays 3"]) -> Float[Tensor, "rays n"]:
         """Targets of colour rays through pixels (camera index, y, x): bilinear between block centres."""
         indices = indices.to(self.maps.device).long()
