@@ -10,30 +10,30 @@ nerfacto is nerfstudio's own `nerfacto` method config with three changes, each f
   aligned to them, and held-out PSNR collapses (ReLS-NeRF has it off too, as in the paper);
 - nerfstudio's `VanillaDataManager` replaces its `ParallelDataManager`: the same uniform random rays (4096 per step)
   that ReLS-NeRF's phase B samples, generated in-process (no worker process to spawn), so fitting times compare;
-- its constructor does not build torchmetrics' LPIPS, which downloads AlexNet (fails offline): a stand-in computes
-  LPIPS with `image_metrics.OfflineLPIPS` when nerfstudio's own evaluation asks for it. The benchmark computes every
-  model's metrics with `image_metrics` anyway.
+- its model is `OfflineNerfactoModel` (nerfacto whose construction does not build torchmetrics' LPIPS, which
+  downloads AlexNet and fails offline; LPIPS comes from cached weights only). The benchmark computes every model's
+  metrics with `image_metrics` anyway.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, Literal, Optional, Tuple
+from typing import Dict, Iterator, Literal, Optional, Tuple
 
 import torch
 import yaml
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
 from nerfstudio.data.dataparsers.base_dataparser import DataParserConfig
 from nerfstudio.engine.trainer import TrainerConfig
+from nerfstudio.models.nerfacto import NerfactoModelConfig
 from nerfstudio.pipelines.base_pipeline import Pipeline
 from nerfstudio.utils.eval_utils import eval_load_checkpoint
 
 from relsnerf_ns.autoencoders import StableDiffusionVAEConfig, TinyAutoencoderConfig
-from relsnerf_ns.image_metrics import OfflineLPIPS
+from relsnerf_ns.offline_nerfacto import OfflineNerfactoModelConfig
 from relsnerf_ns.phases import PAPER_STEPS, SHORT_STEPS
 
 ModelName = Literal[
@@ -215,6 +215,7 @@ def _nerfacto_config(build: ModelBuild) -> TrainerConfig:
         train_num_rays_per_batch=previous.train_num_rays_per_batch,
         eval_num_rays_per_batch=previous.eval_num_rays_per_batch,
     )
+    config.pipeline.model = OfflineNerfactoModelConfig.of(config.pipeline.model)
     config.pipeline.model.camera_optimizer.mode = "off"
     # The same hash grid / MLP implementation as ReLS-NeRF's "auto" (tinycudann on a GPU when installed).
     config.pipeline.model.implementation = resolve_implementation("auto")
@@ -269,35 +270,6 @@ def check_weights(model: ModelSpec, config: TrainerConfig) -> None:
             )
 
 
-# ---------------------------------------------------------------------- LPIPS without a download
-class DeferredLPIPS:
-    """Stands in for torchmetrics' LPIPS in nerfacto: nothing is built or downloaded until it is called, and then
-    only from the torch cache (`OfflineLPIPS`); NaN when the AlexNet weights are not there.
-
-    Deliberately not a torch Module, so it adds nothing to nerfacto's checkpoints.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._lpips = OfflineLPIPS()
-
-    def __call__(self, reference: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
-        value = self._lpips(reference, prediction)
-        return torch.tensor(math.nan if value is None else value)
-
-
-@contextlib.contextmanager
-def lpips_without_download() -> Iterator[None]:
-    """While set: torchmetrics' LPIPS class is `DeferredLPIPS` (nerfacto looks the name up in populate_modules)."""
-    import torchmetrics.image.lpip as lpip_module
-
-    saved = lpip_module.LearnedPerceptualImagePatchSimilarity
-    lpip_module.LearnedPerceptualImagePatchSimilarity = DeferredLPIPS  # type: ignore[misc]
-    try:
-        yield
-    finally:
-        lpip_module.LearnedPerceptualImagePatchSimilarity = saved  # type: ignore[misc]
-
-
 # ---------------------------------------------------------------------- loading trained runs
 @contextlib.contextmanager
 def nerfstudio_checkpoint_globals() -> Iterator[None]:
@@ -320,6 +292,8 @@ def load_config(config_path: Path) -> TrainerConfig:
     config = yaml.load(Path(config_path).read_text(), Loader=yaml.Loader)
     if not isinstance(config, TrainerConfig):
         raise BenchmarkError(f"{config_path} does not hold a nerfstudio trainer config")
+    if type(config.pipeline.model) is NerfactoModelConfig:  # runs of earlier versions: the same model, offline
+        config.pipeline.model = OfflineNerfactoModelConfig.of(config.pipeline.model)
     return config
 
 
@@ -337,8 +311,7 @@ def load_trained(
     data = getattr(config.pipeline.datamanager.dataparser, "data", None)
     if data is not None and not Path(data).exists():
         raise BenchmarkError(f"the run {config_path} was trained on {data}, which does not exist here")
-    with lpips_without_download():
-        pipeline = config.pipeline.setup(device=device, test_mode=test_mode)
+    pipeline = config.pipeline.setup(device=device, test_mode=test_mode)
     pipeline.eval()
     with nerfstudio_checkpoint_globals():
         _, step = eval_load_checkpoint(config, pipeline)

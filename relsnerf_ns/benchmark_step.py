@@ -25,7 +25,7 @@ from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocati
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from relsnerf_ns.benchmark import _Training, resolve_device
-from relsnerf_ns.benchmark_models import ModelName, lpips_without_download, spec
+from relsnerf_ns.benchmark_models import ModelName, spec
 from relsnerf_ns.render_timing import synchronize
 
 
@@ -51,9 +51,8 @@ def main(options: StepBenchmark) -> Dict[str, object]:
     config = options.model_config(model, Path(options.output_dir).resolve(), device)
     config.timestamp = "step"
     config.steps_per_save = 10**9
-    with lpips_without_download():
-        trainer = config.setup(local_rank=0, world_size=1)
-        trainer.setup()
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
     schedule = trainer.pipeline.schedule
     _, c_start, total = schedule.boundaries()
     # The profiled steps are the last of phase B, left out of its rate (the profiler slows them down).

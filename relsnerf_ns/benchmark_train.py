@@ -33,7 +33,7 @@ from nerfstudio.utils.misc import step_check
 from nerfstudio.utils.rich_utils import CONSOLE
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from relsnerf_ns.benchmark_models import ModelSpec, lpips_without_download, nerfstudio_checkpoint_globals
+from relsnerf_ns.benchmark_models import ModelSpec, nerfstudio_checkpoint_globals
 from relsnerf_ns.benchmark_report import atomic_write_text
 from relsnerf_ns.hash_grid_kernel import uses_fused_hash_grids
 from relsnerf_ns.render_timing import synchronize
@@ -198,7 +198,7 @@ def train_model(
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     setup_start = time.perf_counter()
-    with lpips_without_download(), nerfstudio_checkpoint_globals():  # the latter for resuming nerfacto
+    with nerfstudio_checkpoint_globals():  # the latter for resuming nerfacto
         trainer: Trainer = config.setup(local_rank=0, world_size=1)
         trainer.setup()
     # nerfstudio's loop trains max_num_iterations steps from the loaded one; ReLS-NeRF's trainer sets the remainder

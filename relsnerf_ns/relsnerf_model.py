@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Literal, Optional, Sequence, Tuple, Type
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Type
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +14,7 @@ from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.scene_box import OrientedBox
 from nerfstudio.field_components.field_heads import FieldHeadNames
-from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
+from nerfstudio.models.nerfacto import NerfactoModelConfig
 from nerfstudio.utils import colormaps
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
@@ -26,9 +24,10 @@ from torch.profiler import record_function
 from relsnerf_ns.autoencoders import AutoencoderConfig, LatentAutoencoder, R32AutoencoderConfig
 from relsnerf_ns.fast_render import LatentFrameRenderer
 from relsnerf_ns.hash_grid_kernel import use_fused_hash_grids
-from relsnerf_ns.image_metrics import OfflineLPIPS, image_metrics
+from relsnerf_ns.image_metrics import image_metrics
 from relsnerf_ns.latent_rays import latent_ray_bundle
 from relsnerf_ns.latent_targets import LatentTargets
+from relsnerf_ns.offline_nerfacto import OfflineNerfactoModel
 from relsnerf_ns.out_of_memory import ShrinkingSize, decode_frame, free_cached_memory, render_in_chunks
 from relsnerf_ns.relsnerf_field import RelsNerfField, resolve_implementation
 from relsnerf_ns.train_batches import AutoencoderBatch, DistillBatch, JointBatch, TrainBatch, cat_dataclasses
@@ -183,38 +182,17 @@ RECIPES: Dict[str, Dict[str, float]] = {
 """Loss weights of each recipe where the model's flags leave them unset."""
 
 
-@contextlib.contextmanager
-def _nerfacto_construction(field_factory: Any) -> Iterator[None]:
-    """Let nerfacto's populate_modules build our field and skip its LPIPS.
-
-    nerfacto creates `NerfactoField(...)` and torchmetrics' LPIPS inside populate_modules; the LPIPS constructor
-    downloads AlexNet (fails offline). Swapping the two names nerfacto looks up for the duration of the call reuses
-    all of nerfacto's set-up (proposal networks, samplers, renderers) without copying it.
-    """
-    import nerfstudio.models.nerfacto as nerfacto_module
-    import torchmetrics.image.lpip as lpip_module
-
-    saved = nerfacto_module.NerfactoField, lpip_module.LearnedPerceptualImagePatchSimilarity
-    nerfacto_module.NerfactoField = field_factory
-    lpip_module.LearnedPerceptualImagePatchSimilarity = lambda *args, **kwargs: None
-    try:
-        yield
-    finally:
-        nerfacto_module.NerfactoField, lpip_module.LearnedPerceptualImagePatchSimilarity = saved
-
-
-class RelsNerfModel(NerfactoModel):
+class RelsNerfModel(OfflineNerfactoModel):
     """Renders colour for training rays (as nerfacto) and latents for latent rays; decodes latents to images."""
 
     config: RelsNerfModelConfig
     field: RelsNerfField
     autoencoder: LatentAutoencoder
 
-    def populate_modules(self) -> None:
-        self.config.implementation = resolve_implementation(self.config.implementation)
-        self.autoencoder = self.config.autoencoder.setup()
-        latent_field = functools.partial(
-            RelsNerfField,
+    def make_field(self, **nerfacto_field_arguments: Any) -> RelsNerfField:
+        """nerfacto's field with the latent branch (built where nerfacto builds its field)."""
+        return RelsNerfField(
+            **nerfacto_field_arguments,
             latent_channels=self.autoencoder.latent_channels,
             latent_num_levels=self.config.latent_num_levels,
             latent_max_res=self.config.latent_max_res,
@@ -223,13 +201,15 @@ class RelsNerfModel(NerfactoModel):
             latent_hidden_dim=self.config.latent_hidden_dim,
             latent_view_dependent=self.config.latent_view_dependent,
         )
-        with _nerfacto_construction(latent_field):
-            super().populate_modules()
+
+    def populate_modules(self) -> None:
+        self.config.implementation = resolve_implementation(self.config.implementation)
+        self.autoencoder = self.config.autoencoder.setup()
+        super().populate_modules()  # nerfacto's modules, with our field (make_field) and without LPIPS downloads
         if self.config.implementation == "torch" and self.config.hash_grid_kernel == "fused":
             use_fused_hash_grids(self)
-        # Not a submodule: its frozen backbone must stay out of checkpoints.
-        del self.lpips
-        self.offline_lpips = OfflineLPIPS()
+        # LPIPS from cached weights only, built on first use (not a submodule: no LPIPS tensors in checkpoints).
+        self.offline_lpips = self.lpips.offline
         self.render_rgb_nerf_full_resolution = self.config.rgb_nerf_full_resolution
         # Not a submodule (it refers back to the model); holds the captured CUDA graphs of the fast path.
         self.frame_renderer = LatentFrameRenderer(

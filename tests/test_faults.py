@@ -372,13 +372,11 @@ def test_eval_style_loading_of_a_mismatched_checkpoint_fails_naming_both(r32_che
     assert "mis-shaped" in message and "autoencoder.decoder" in message
 
 
-def test_loading_a_nerfacto_checkpoint_into_relsnerf_fails_clearly(r32_checkpoint, scene, tmp_path, monkeypatch):
-    import torchmetrics.image.lpip as lpip_module
-    from nerfstudio.models.nerfacto import NerfactoModelConfig
+def test_loading_a_nerfacto_checkpoint_into_relsnerf_fails_clearly(r32_checkpoint, scene, tmp_path):
+    from relsnerf_ns.offline_nerfacto import OfflineNerfactoModelConfig
 
     resumed = make_trainer(scene, tmp_path, (1, 1, 0))
-    monkeypatch.setattr(lpip_module, "LearnedPerceptualImagePatchSimilarity", lambda *a, **k: None)  # offline
-    nerfacto = NerfactoModelConfig(**{k: v for k, v in TINY_MODEL.items() if not k.startswith("latent")})
+    nerfacto = OfflineNerfactoModelConfig(**{k: v for k, v in TINY_MODEL.items() if not k.startswith("latent")})
     model = nerfacto.setup(
         scene_box=resumed.pipeline.datamanager.train_dataset.scene_box, num_train_data=9, metadata={}
     )
