@@ -31,7 +31,6 @@ Python API (the tests use it to shrink the models): `Train(...).run(config_trans
 from __future__ import annotations
 
 import datetime
-import gc
 import json
 import sys
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ import tyro
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
+from relsnerf_ns.atomic_files import atomic_write_text
 from relsnerf_ns.benchmark_eval import RCCDepth, held_out_quality, plain_path_psnr, spiral_for, spiral_rcc, time_model
 from relsnerf_ns.benchmark_models import (
     DEFAULT_MODELS,
@@ -65,7 +65,6 @@ from relsnerf_ns.benchmark_report import (
     ModelResult,
     QualityMetrics,
     RenderTiming,
-    atomic_write_text,
     describe_machine,
     format_number,
     write_report,
@@ -74,6 +73,7 @@ from relsnerf_ns.benchmark_spiral import evenly_spaced
 from relsnerf_ns.benchmark_train import ConfigTransform, FitRecord, train_model
 from relsnerf_ns.hash_grid_kernel import use_fused_hash_grids
 from relsnerf_ns.image_metrics import OfflineLPIPS
+from relsnerf_ns.out_of_memory import free_cached_memory
 
 SHARED_SETTINGS = ("data", "dataparser", "downscale_factor", "schedule", "nerf_steps", "seed")
 """Fit settings that must agree between the models of one benchmark for the comparison to be fair."""
@@ -137,12 +137,6 @@ def resolve_device(device: str) -> Literal["cuda", "cpu"]:
     if device == "cuda" and not torch.cuda.is_available():
         raise BenchmarkError("--device cuda was asked for, but torch sees no CUDA GPU")
     return device  # type: ignore[return-value]
-
-
-def _free_memory(device: str) -> None:
-    gc.collect()
-    if device == "cuda":
-        torch.cuda.empty_cache()
 
 
 # ---------------------------------------------------------------------- options (tyro turns docstrings into --help)
@@ -304,7 +298,7 @@ def _train(
         time_limit_minutes=options.time_limit_minutes,
         force=options.force,
     )
-    _free_memory(device)
+    free_cached_memory()
     return record
 
 
@@ -379,7 +373,7 @@ def _evaluate(options: _Evaluation, folder: _Folder, name: str) -> Dict[str, obj
     )
     CONSOLE.print(f"[green]{name}: {summary}; record {layout.eval_json(name)}")
     del pipeline
-    _free_memory(device)
+    free_cached_memory()
     return evaluation
 
 
@@ -405,7 +399,7 @@ def _time(options: _Timing, folder: _Folder, names: Optional[Sequence[str]] = No
         measured = time_model(pipeline, spec(name), cameras, device, options.timing_warmup)
         models[name] = {**measured, "fit": _fit_signature(record)}
         del pipeline
-        _free_memory(device)
+        free_cached_memory()
     assert cameras is not None
     timing = {
         "machine": describe_machine(),

@@ -19,38 +19,25 @@ edges) and skips the per-pixel render, so the `"rgb_nerf"` RCC is not computed.
 
 from __future__ import annotations
 
-import statistics
-from typing import Callable, Dict, List, Literal, Optional, Tuple
+import functools
+from typing import Dict, List, Literal, Optional, Tuple
 
 import numpy as np
 import torch
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.pipelines.base_pipeline import Pipeline
-from nerfstudio.utils.rich_utils import CONSOLE
-from PIL import Image
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from nerfstudio.utils.rich_utils import CONSOLE, get_progress
 from torch import Tensor
 
+from relsnerf_ns.atomic_files import write_png
 from relsnerf_ns.benchmark_models import ModelSpec
 from relsnerf_ns.benchmark_spiral import SpiralPath, llff_spiral
+from relsnerf_ns.held_out import Render, held_out_views, warmup_renders
 from relsnerf_ns.image_metrics import OfflineLPIPS, image_metrics
 from relsnerf_ns.rcc import RCCAccumulator
-from relsnerf_ns.render_timing import synchronize, timed
+from relsnerf_ns.render_timing import median_call_ms, median_ms, synchronize, timed
 
 RCCDepth = Literal["full", "latent"]
-Render = Callable[[Cameras], Dict[str, Tensor]]
-
-
-def progress_bar(transient: bool = True) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=CONSOLE,
-        transient=transient,
-    )
 
 
 def output_renderers(pipeline: Pipeline, model_spec: ModelSpec) -> Dict[str, Render]:
@@ -65,12 +52,6 @@ def output_renderers(pipeline: Pipeline, model_spec: ModelSpec) -> Dict[str, Ren
     if model.viewer_render_mode.value != RENDER_DECODED:
         model.viewer_render_mode.value = RENDER_DECODED
     return {"decoded": model.get_outputs_for_camera, "rgb_nerf": model.render_rgb_nerf_outputs}
-
-
-def warmup_renders(output: str) -> int:
-    """Untimed renders before timing an output: the decoded path's fast renderer captures a resolution's CUDA graph
-    the second time it sees it, so it needs two (three to be safe); the per-pixel paths need one."""
-    return 3 if output == "decoded" else 1
 
 
 def spiral_for(pipeline: Pipeline, frames: int, focus_depth: Optional[float] = None, rotations: int = 2) -> SpiralPath:
@@ -101,9 +82,8 @@ def held_out_quality(
     save_prefix: Optional[str] = None,
 ) -> Dict[str, object]:
     """Mean PSNR / SSIM / FLIP / LPIPS per output over the evaluation split, with the per-frame render times of this
-    pass.
+    pass (`held_out.held_out_views`: the loop `ns-eval` runs too, first view rendered untimed first).
 
-    The first view is rendered untimed first (`warmup_renders`: first-call costs are not render time).
     `save_images` views are written as `<save_prefix>_<index>.png`: ground truth, then each output, side by side.
     """
     model = pipeline.model
@@ -112,29 +92,16 @@ def held_out_quality(
     metrics: Dict[str, List[Dict[str, float]]] = {output: [] for output in renders}
     seconds: Dict[str, List[float]] = {output: [] for output in renders}
     resolution: Tuple[int, int] = (0, 0)
-    with progress_bar() as progress:
-        task = progress.add_task(f"{model_spec.name}: held-out views", total=len(loader))
-        for index, (camera, batch) in enumerate(loader):
-            camera = camera.to(device)
-            if index == 0:
-                for output, render in renders.items():
-                    for _ in range(warmup_renders(output)):
-                        render(camera)
-            resolution = (int(camera.width.flatten()[0]), int(camera.height.flatten()[0]))
-            image = batch["image"].to(device)[..., :3]
-            if hasattr(model, "renderer_rgb"):
-                image = model.renderer_rgb.blend_background(image)
-            rendered = {}
-            for output, render in renders.items():
-                outputs, elapsed = timed(lambda: render(camera), device)
-                rendered[output] = outputs["rgb"]
-                seconds[output].append(elapsed)
-                metrics[output].append(image_metrics(image, outputs["rgb"], lpips))
-            if save_prefix is not None and index < save_images:
-                row = torch.cat([image.float()] + [rendered[o].to(image).float() for o in renders], dim=1)
-                array = (row.clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
-                Image.fromarray(array).save(f"{save_prefix}_{index:03d}.png")
-            progress.advance(task)
+    for view in held_out_views(loader, renders, device, f"[bold]{model_spec.name}: held-out views"):
+        camera = view.camera
+        resolution = (int(camera.width.flatten()[0]), int(camera.height.flatten()[0]))
+        image = reference_image(model, view.batch, device)
+        for output, outputs in view.outputs.items():
+            seconds[output].append(view.seconds[output])
+            metrics[output].append(image_metrics(image, outputs["rgb"], lpips))
+        if save_prefix is not None and view.index < save_images:
+            row = torch.cat([image.float()] + [view.outputs[o]["rgb"].to(image).float() for o in renders], dim=1)
+            write_png(f"{save_prefix}_{view.index:03d}.png", row)
     if not any(metrics.values()):
         raise ValueError("the evaluation split has no images; nothing to evaluate")
     quality = {
@@ -142,10 +109,16 @@ def held_out_quality(
         for output, frames in metrics.items()
     }
     timing = {
-        output: {"ms_per_frame": 1000.0 * statistics.median(values), "num_frames_timed": len(values)}
+        output: {"ms_per_frame": median_ms(values), "num_frames_timed": len(values)}
         for output, values in seconds.items()
     }
     return {"quality": quality, "timing": timing, "num_eval_images": len(loader), "resolution": list(resolution)}
+
+
+def reference_image(model, batch: Dict[str, Tensor], device: str) -> Tensor:
+    """The ground truth of a view as RGB, over the model's background where it has one (nerfacto, ReLS-NeRF)."""
+    image = batch["image"].to(device)[..., :3]
+    return model.renderer_rgb.blend_background(image) if hasattr(model, "renderer_rgb") else image
 
 
 @torch.no_grad()
@@ -156,11 +129,14 @@ def plain_path_psnr(pipeline: Pipeline, device: str) -> float:
     saved = model.config.inference_path
     model.config.inference_path = "plain"
     values = []
+    loader = pipeline.datamanager.fixed_indices_eval_dataloader
+    renders = {"plain": model.get_outputs_for_camera}
     try:
-        for camera, batch in pipeline.datamanager.fixed_indices_eval_dataloader:
-            image = model.renderer_rgb.blend_background(batch["image"].to(device)[..., :3])
-            rendered = model.get_outputs_for_camera(camera.to(device))["rgb"]
-            values.append(image_metrics(image, rendered, lambda reference, prediction: None)["psnr"])
+        for view in held_out_views(loader, renders, device, "[bold]plain path: held-out views", warmup=False):
+            image = reference_image(model, view.batch, device)
+            values.append(
+                image_metrics(image, view.outputs["plain"]["rgb"], lambda reference, prediction: None)["psnr"]
+            )
     finally:
         model.config.inference_path = saved
     return float(np.mean(values))
@@ -185,8 +161,9 @@ def spiral_rcc(
         outputs_measured = ["decoded", "rgb_nerf"] if depth == "full" else ["decoded"]
     accumulators = {output: RCCAccumulator(depth_kind="ray") for output in outputs_measured}
     cameras = spiral.cameras
-    with progress_bar() as progress:
-        task = progress.add_task(f"{model_spec.name}: spiral video for RCC", total=len(cameras))
+    description = f"[bold]{model_spec.name}: spiral video for RCC"
+    with get_progress(description) as progress:
+        task = progress.add_task(description, total=len(cameras))
         for index in range(len(cameras)):
             camera = cameras[index : index + 1].to(device)
             frames: Dict[str, Tuple[Tensor, Tensor, Tensor]] = {}
@@ -217,15 +194,6 @@ def spiral_rcc(
 
 # ---------------------------------------------------------------------- render timing
 @torch.no_grad()
-def median_render_ms(render: Callable[[Cameras], object], cameras: List[Cameras], device: str, warmup: int) -> float:
-    """Median ms per frame over `cameras` (one timed render each, device-synchronised) after `warmup` renders."""
-    for index in range(warmup):
-        render(cameras[index % len(cameras)])
-    synchronize(device)
-    return 1000.0 * statistics.median(timed(lambda: render(camera), device)[1] for camera in cameras)
-
-
-@torch.no_grad()
 def time_model(
     pipeline: Pipeline, model_spec: ModelSpec, cameras: List[Cameras], device: str, warmup: int
 ) -> Dict[str, object]:
@@ -243,7 +211,8 @@ def time_model(
         if on_gpu:  # each output's own peak (weights included): the per-pixel path must not mask the decoded one's
             synchronize(device)
             torch.cuda.reset_peak_memory_stats()
-        ms = median_render_ms(render, cameras, device, max(warmup, warmup_renders(output)))
+        calls = [functools.partial(render, camera) for camera in cameras]
+        ms = median_call_ms(calls, device, max(warmup, warmup_renders(output)))
         timing[output] = {"ms_per_frame": ms, "resolution": [width, height], "num_frames_timed": len(cameras)}
         timing[output]["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20 if on_gpu else None
     if model_spec.kind == "relsnerf":
@@ -291,4 +260,4 @@ def decoded_breakdown_ms(model, cameras: List[Cameras], device: str) -> Dict[str
             seconds = {"latent_render": latent_seconds, "decode": decode_seconds}
         for stage, value in seconds.items():
             stages.setdefault(stage, []).append(value)
-    return {stage: 1000.0 * statistics.median(values) for stage, values in stages.items()}
+    return {stage: median_ms(values) for stage, values in stages.items()}

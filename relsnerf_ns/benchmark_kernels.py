@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import statistics
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional
@@ -31,14 +30,12 @@ import torch
 from nerfstudio.field_components.encodings import HashEncoding
 
 from relsnerf_ns.hash_grid_kernel import kernels_available, use_fused_hash_grids
-from relsnerf_ns.render_timing import synchronize, timed
+from relsnerf_ns.image_metrics import psnr_from_mse
+from relsnerf_ns.render_timing import median_call_ms, synchronize
 
 
 def _median_ms(function: Callable[[], object], device: str, repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        function()
-    synchronize(device)
-    return 1000.0 * statistics.median(timed(function, device)[1] for _ in range(repeats))
+    return median_call_ms([function] * repeats, device, warmup)
 
 
 def lookup_timings(device: str, repeats: int = 20) -> List[Dict[str, object]]:
@@ -146,7 +143,7 @@ def model_timings(
         else:
             mse = statistics.mean(float(((a - b) ** 2).mean()) for a, b in zip(images, reference))
             row["max_abs_difference_vs_plain"] = max(float((a - b).abs().max()) for a, b in zip(images, reference))
-            row["psnr_vs_plain_db"] = math.inf if mse == 0 else -10.0 * math.log10(mse)
+            row["psnr_vs_plain_db"] = psnr_from_mse(mse)
         rows.append(row)
     for name, fused in (
         ("colour NeRF per pixel: torch lookups", False),

@@ -11,22 +11,22 @@ The benchmark trains nerfacto and ReLS-NeRF variants on one scene and fills a `B
 
 Writers: `BenchmarkReport.to_json` (every figure, derived ones included), `write_markdown` (tables shaped like the
 paper's Tables 1 and 2), `write_speed_quality_plot` (PNG) and `write_report` (all three). Every file is written
-atomically (a temporary file in the same folder, then `os.replace`), so a crash never leaves half a file behind.
+atomically (`atomic_files`), so a crash never leaves half a file behind.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import io
 import json
 import math
 import os
 import platform
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Type, TypeVar
+
+from relsnerf_ns.atomic_files import atomic_write_bytes, atomic_write_text
 
 OUTPUT_RGB = "rgb"
 OUTPUT_DECODED = "decoded"
@@ -229,30 +229,6 @@ def _model_from_dict(data: Dict[str, Any]) -> ModelResult:
     quality = {k: _build(QualityMetrics, v) for k, v in (data.get("quality") or {}).items()}
     timing = {k: _build(RenderTiming, v) for k, v in (data.get("timing") or {}).items()}
     return _build(ModelResult, {**data, "quality": quality, "timing": timing})
-
-
-# ---------------------------------------------------------------------- atomic files
-def atomic_write_bytes(path: os.PathLike | str, data: bytes) -> Path:
-    """Write data to path through a temporary file in the same folder and os.replace (atomic on POSIX)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())  # the bytes are on disk before the name points at them
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; reports are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def atomic_write_text(path: os.PathLike | str, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 # ---------------------------------------------------------------------- formatting

@@ -27,6 +27,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 from jaxtyping import Float
+from nerfstudio.cameras.camera_utils import normalize, viewmatrix
 from nerfstudio.cameras.cameras import Cameras, CameraType
 from torch import Tensor
 
@@ -59,22 +60,10 @@ class SpiralPath:
         }
 
 
-def _normalize(vector: Tensor) -> Tensor:
-    return vector / torch.linalg.vector_norm(vector)
-
-
-def viewmatrix(back: Float[Tensor, "3"], up: Float[Tensor, "3"], position: Float[Tensor, "3"]) -> Float[Tensor, "3 4"]:
-    """Camera-to-world [right, up, back | position] (LLFF's and nerfstudio's viewmatrix, with torch.linalg.cross)."""
-    vec2 = _normalize(back)
-    vec0 = _normalize(torch.linalg.cross(_normalize(up), vec2))
-    vec1 = _normalize(torch.linalg.cross(vec2, vec0))
-    return torch.stack([vec0, vec1, vec2, position], 1)
-
-
 def average_pose(camera_to_worlds: Float[Tensor, "n 3 4"]) -> Float[Tensor, "3 4"]:
     """LLFF's poses_avg: mean position, summed viewing (back) axis and summed up axis."""
     centre = camera_to_worlds[:, :3, 3].mean(0)
-    back = _normalize(camera_to_worlds[:, :3, 2].sum(0))
+    back = normalize(camera_to_worlds[:, :3, 2].sum(0))
     up = camera_to_worlds[:, :3, 1].sum(0)
     return viewmatrix(back, up, centre)
 
@@ -129,7 +118,7 @@ def llff_spiral(
         raise ValueError(f"the spiral needs at least 2 frames, got {num_frames}")
     c2w = train_cameras.camera_to_worlds.reshape(-1, 3, 4).float().cpu()
     pose = average_pose(c2w)
-    up = _normalize(c2w[:, :3, 1].sum(0))
+    up = normalize(c2w[:, :3, 1].sum(0))
     local_positions = (c2w[:, :3, 3] - pose[:, 3]) @ pose[:, :3]
     radii = tuple(_percentile(local_positions[:, axis].abs(), LLFF_RADIUS_PERCENTILE) for axis in range(3))
 
@@ -154,7 +143,7 @@ def llff_spiral(
     for theta in torch.linspace(0.0, 2.0 * math.pi * rotations, num_frames + 1)[:-1].tolist():
         offset = torch.tensor([rx * math.cos(theta), -ry * math.sin(theta), -rz * math.sin(theta * LLFF_ZRATE)])
         position = pose[:, :3] @ offset + pose[:, 3]
-        poses.append(viewmatrix(_normalize(position - focus_point), up, position))
+        poses.append(viewmatrix(normalize(position - focus_point), up, position))
 
     ref = reference.reshape((-1,))[0:1]
     cameras = Cameras(

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import gc
 import json
 import random
 import shutil
@@ -30,12 +29,12 @@ from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocati
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.utils import writer
 from nerfstudio.utils.misc import step_check
-from nerfstudio.utils.rich_utils import CONSOLE
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from nerfstudio.utils.rich_utils import CONSOLE, get_progress
 
+from relsnerf_ns.atomic_files import atomic_write_text
 from relsnerf_ns.benchmark_models import ModelSpec, nerfstudio_checkpoint_globals
-from relsnerf_ns.benchmark_report import atomic_write_text
 from relsnerf_ns.hash_grid_kernel import uses_fused_hash_grids
+from relsnerf_ns.out_of_memory import free_cached_memory
 from relsnerf_ns.render_timing import synchronize
 
 ConfigTransform = Callable[[str, TrainerConfig], Optional[TrainerConfig]]
@@ -244,14 +243,7 @@ def train_model(
     shown = {"at": 0.0}
     save_every = config.steps_per_save
 
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=CONSOLE,
-    ) as progress:
+    with get_progress("[bold]{task.description}") as progress:  # the description shows the phase and loss
         task = progress.add_task(f"{model.name}", total=record.total_steps, completed=trainer._start_step)
 
         def before(step: int) -> None:
@@ -301,7 +293,5 @@ def train_model(
         )
     _reset_nerfstudio_writers()
     del trainer
-    gc.collect()
-    if device == "cuda":
-        torch.cuda.empty_cache()
+    free_cached_memory()
     return record

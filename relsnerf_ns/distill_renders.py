@@ -1,8 +1,8 @@
 """Phase C's RGB-NeRF renders at interpolated cameras, made once and kept in the run directory.
 
-Each render is written as its own PNG (to a temporary name, then renamed) next to a manifest (`cameras.json`) of the
-cameras and of the NeRF they were rendered from, so an interrupted build resumes where it stopped and a resumed run
-reuses the renders instead of making them again. On reuse every file is checked: a render is made again when its PNG
+Each render is written atomically as its own PNG next to a manifest (`cameras.json`) of the cameras and of the NeRF
+they were rendered from, so an interrupted build resumes where it stopped and a resumed run reuses the renders instead
+of making them again. On reuse every file is checked: a render is made again when its PNG
 is missing, truncated or otherwise unreadable, of the wrong size, or made for another camera (or from another NeRF,
 e.g. a run resumed with other step counts); the others are kept. One message says what was reused and what is made.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -19,13 +18,12 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 import numpy as np
 import torch
-from jaxtyping import Float
 from nerfstudio.cameras.cameras import Cameras
-from nerfstudio.utils.rich_utils import CONSOLE
+from nerfstudio.utils.rich_utils import CONSOLE, get_progress
 from PIL import Image
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor
 
+from relsnerf_ns.atomic_files import atomic_write_text, write_png
 from relsnerf_ns.camera_interpolation import interpolated_cameras
 
 MANIFEST = "cameras.json"
@@ -55,13 +53,6 @@ def camera_manifest(cameras: Cameras, seed: int, nerf_fingerprint: Optional[floa
         "cameras": [camera_entry(cameras, index) for index in range(len(cameras))],
     }
     return json.loads(json.dumps(manifest))  # as it reads back from the file
-
-
-def write_png_atomically(path: Path, image: Float[Tensor, "H W 3"]) -> None:
-    array = (image.clamp(0, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(array).save(tmp, format="PNG")
-    os.replace(tmp, path)
 
 
 def read_png(path: Path) -> Optional[Tensor]:
@@ -166,9 +157,7 @@ class DistillRenders:
                         todo[int(match.group(1))] = why
                     old.unlink()
             if _read_manifest(self.directory / MANIFEST) != manifest:
-                tmp = self.directory / (MANIFEST + ".tmp")
-                tmp.write_text(json.dumps(manifest))
-                os.replace(tmp, self.directory / MANIFEST)
+                atomic_write_text(self.directory / MANIFEST, json.dumps(manifest))
             for index in range(count):
                 if index in todo:
                     continue
@@ -187,19 +176,12 @@ class DistillRenders:
             todo = {index: why for index, why in todo.items() if share(index)}
         if not todo:
             return
-        with Progress(
-            TextColumn("[bold]Phase C: RGB-NeRF renders at interpolated cameras"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=CONSOLE,
-            transient=True,
-        ) as progress:
+        with get_progress("[bold]Phase C: RGB-NeRF renders at interpolated cameras") as progress:
             task = progress.add_task("renders", total=len(todo))
             for index in sorted(todo):
                 image = render(self.cameras[index : index + 1]).detach().cpu().float().clamp(0, 1)
                 if self.directory is not None:
-                    write_png_atomically(self.path(index), image)
+                    write_png(self.path(index), image)
                 self.images[index] = _as_read_back(image)
                 progress.advance(task)
 

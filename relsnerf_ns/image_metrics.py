@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Union
 
 import torch
 from jaxtyping import Float
@@ -56,6 +56,17 @@ class OfflineLPIPS:
             self._metric = LearnedPerceptualImagePatchSimilarity(normalize=True)
         metric = self._metric.to(prediction.device)
         return float(metric(reference.clamp(0, 1), prediction.clamp(0, 1)))
+
+
+def psnr_from_mse(mse: Union[float, Tensor], min_mse: float = 0.0) -> Union[float, Tensor]:
+    """PSNR (dB) of images in [0, 1] from their mean squared error, with the error floored at `min_mse`.
+
+    A tensor gives a tensor (differentiable, e.g. a training metric), a number a float; an error of 0 gives infinity.
+    """
+    if isinstance(mse, Tensor):
+        return -10.0 * torch.log10(mse.clamp_min(min_mse))
+    mse = max(float(mse), min_mse)
+    return math.inf if mse == 0 else -10.0 * math.log10(mse)
 
 
 def flip_error(reference: Float[Tensor, "H W 3"], prediction: Float[Tensor, "H W 3"]) -> float:

@@ -52,6 +52,8 @@ from jaxtyping import Bool, Float
 from nerfstudio.cameras.cameras import Cameras, CameraType
 from torch import Tensor
 
+from relsnerf_ns.image_metrics import psnr_from_mse
+
 DepthKind = Literal["ray", "z"]
 Sampling = Literal["bilinear", "nearest"]
 
@@ -288,7 +290,7 @@ def pair_consistency(
 
 def mse_to_psnr(mse: float, min_mse: float = MIN_MSE) -> float:
     """PSNR (dB) of an MSE for images in [0, 1], with the MSE floored at min_mse."""
-    return -10.0 * math.log10(max(mse, min_mse))
+    return float(psnr_from_mse(mse, min_mse))
 
 
 class RCCAccumulator:

@@ -24,7 +24,7 @@ from torch.profiler import record_function
 from relsnerf_ns.autoencoders import AutoencoderConfig, LatentAutoencoder, R32AutoencoderConfig
 from relsnerf_ns.fast_render import LatentFrameRenderer
 from relsnerf_ns.hash_grid_kernel import use_fused_hash_grids
-from relsnerf_ns.image_metrics import image_metrics
+from relsnerf_ns.image_metrics import image_metrics, psnr_from_mse
 from relsnerf_ns.latent_rays import latent_ray_bundle
 from relsnerf_ns.latent_targets import LatentTargets
 from relsnerf_ns.offline_nerfacto import OfflineNerfactoModel
@@ -274,7 +274,7 @@ class RelsNerfModel(OfflineNerfactoModel):
         images = train_batch.images.to(self.device)
         reconstruction = self.autoencoder.reconstruct(images)
         mse = F.mse_loss(reconstruction, images)
-        metrics = {"ae_psnr": -10.0 * torch.log10(mse.detach().clamp_min(1e-10))}
+        metrics = {"ae_psnr": psnr_from_mse(mse.detach(), 1e-10)}
         return {}, {"ae_loss": mse}, metrics
 
     def _joint_step(self, train_batch: JointBatch):
@@ -306,7 +306,7 @@ class RelsNerfModel(OfflineNerfactoModel):
                 target = patch.image.to(self.device)
             patch_mse = F.mse_loss(self.decode_latent_map(latent), target)
         loss_dict["patch_loss"] = self.config.patch_loss_mult * patch_mse
-        metrics["patch_psnr"] = -10.0 * torch.log10(patch_mse.detach().clamp_min(1e-10))
+        metrics["patch_psnr"] = psnr_from_mse(patch_mse.detach(), 1e-10)
         return outputs, loss_dict, metrics
 
     def _distill_step(self, train_batch: DistillBatch):
@@ -319,7 +319,7 @@ class RelsNerfModel(OfflineNerfactoModel):
         loss_dict = {"distill_real_loss": weight * real}
         if len(per_crop) > k:
             loss_dict["distill_render_loss"] = (1.0 - weight) * per_crop[k:].mean()
-        metrics = {"distill_real_psnr": -10.0 * torch.log10(real.detach().clamp_min(1e-10))}
+        metrics = {"distill_real_psnr": psnr_from_mse(real.detach(), 1e-10)}
         return {}, loss_dict, metrics
 
     def get_outputs(self, ray_bundle: RayBundle, latent: bool = False) -> Dict[str, Any]:

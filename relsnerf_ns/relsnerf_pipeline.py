@@ -18,14 +18,14 @@ from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttrib
 from nerfstudio.models.base_model import ModelConfig
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
 from nerfstudio.utils.rich_utils import CONSOLE
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from torch.cuda.amp.grad_scaler import GradScaler
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.profiler import record_function
-from torchvision import utils as vutils
 
+from relsnerf_ns.atomic_files import write_png
 from relsnerf_ns.distill_renders import DistillRenders
+from relsnerf_ns.held_out import DECODED, held_out_views
 from relsnerf_ns.latent_targets import LatentTargets, encode_images
 from relsnerf_ns.phases import Phase, PhaseScheduleConfig
 from relsnerf_ns.relsnerf_datamanager import (
@@ -41,7 +41,6 @@ from relsnerf_ns.relsnerf_model import (
     RelsNerfModelConfig,
     describe_checkpoint_mismatch,
 )
-from relsnerf_ns.render_timing import timed
 from relsnerf_ns.train_batches import AutoencoderBatch, DistillBatch, JointBatch, TrainBatch
 
 
@@ -341,35 +340,19 @@ class RelsNerfPipeline(VanillaPipeline):
         if output_path is not None:
             output_path.mkdir(exist_ok=True, parents=True)
         per_frame: List[Dict[str, float]] = []
-        warmed_up = False
-        with Progress(
-            TextColumn("[progress.description]{task.description}"),
-            BarColumn(),
-            TimeElapsedColumn(),
-            MofNCompleteColumn(),
-            transient=True,
-        ) as progress:
-            task = progress.add_task("[green]Evaluating all images (decoded and RGB-NeRF)...", total=len(data_loader))
-            for index, (camera, batch) in enumerate(data_loader):
-                if not warmed_up:  # first-call costs (kernel selection, allocations) are not render time
-                    for _ in range(3):  # the fast path captures its CUDA graph at the second sighting of a size
-                        model.render_decoded_outputs(camera)
-                    model.render_rgb_nerf_outputs(camera)
-                    warmed_up = True
-                outputs, decoded_seconds = timed(lambda: model.render_decoded_outputs(camera), self.device)
-                full, rgb_nerf_seconds = timed(lambda: model.render_rgb_nerf_outputs(camera), self.device)
-                outputs.update(rgb_nerf=full["rgb"], depth=full["depth"], accumulation=full["accumulation"])
-                metrics, images = model.get_image_metrics_and_images(outputs, batch)
-                metrics["ms_per_frame"] = 1000.0 * decoded_seconds
-                metrics["ms_per_frame_rgb_nerf"] = 1000.0 * rgb_nerf_seconds
-                metrics["eval_width"], metrics["eval_height"] = float(camera.width[0]), float(camera.height[0])
-                per_frame.append(metrics)
-                if output_path is not None:
-                    for key, image in images.items():
-                        vutils.save_image(
-                            image.permute(2, 0, 1).cpu(), output_path / f"{image_prefix}_{key}_{index:04d}.png"
-                        )
-                progress.advance(task)
+        renders = {DECODED: model.render_decoded_outputs, "rgb_nerf": model.render_rgb_nerf_outputs}
+        description = "[green]Evaluating all images (decoded and RGB-NeRF)..."
+        for view in held_out_views(data_loader, renders, self.device, description):
+            outputs, full = view.outputs[DECODED], view.outputs["rgb_nerf"]
+            outputs.update(rgb_nerf=full["rgb"], depth=full["depth"], accumulation=full["accumulation"])
+            metrics, images = model.get_image_metrics_and_images(outputs, view.batch)
+            metrics["ms_per_frame"] = 1000.0 * view.seconds[DECODED]
+            metrics["ms_per_frame_rgb_nerf"] = 1000.0 * view.seconds["rgb_nerf"]
+            metrics["eval_width"], metrics["eval_height"] = float(view.camera.width[0]), float(view.camera.height[0])
+            per_frame.append(metrics)
+            if output_path is not None:
+                for key, image in images.items():
+                    write_png(output_path / f"{image_prefix}_{key}_{view.index:04d}.png", image)
         self.train()
         if not per_frame:
             raise ValueError("the evaluation split has no images; nothing to evaluate")

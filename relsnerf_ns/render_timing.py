@@ -6,8 +6,9 @@ queue it. Used by `ns-eval` (per-frame times of the decoded and the RGB-NeRF out
 
 from __future__ import annotations
 
+import statistics
 import time
-from typing import Callable, Tuple, TypeVar, Union
+from typing import Callable, Iterable, Sequence, Tuple, TypeVar, Union
 
 import torch
 
@@ -28,3 +29,17 @@ def timed(function: Callable[[], T], device: Union[str, torch.device]) -> Tuple[
     result = function()
     synchronize(device)
     return result, time.perf_counter() - start
+
+
+def median_ms(seconds: Iterable[float]) -> float:
+    """The median of timings in seconds, in milliseconds (the median: one slow outlier frame does not move it)."""
+    return 1000.0 * statistics.median(seconds)
+
+
+def median_call_ms(calls: Sequence[Callable[[], object]], device: Union[str, torch.device], warmup: int = 0) -> float:
+    """Median ms of one timed call of each of `calls`, after `warmup` untimed calls taken from `calls` in turn
+    (first-call costs such as kernel selection and allocations are not what is measured)."""
+    for index in range(warmup):
+        calls[index % len(calls)]()
+    synchronize(device)
+    return median_ms(timed(call, device)[1] for call in calls)

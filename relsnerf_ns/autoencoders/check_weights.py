@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from relsnerf_ns.autoencoders.tiny import TinyAutoencoderConfig
+from relsnerf_ns.image_metrics import psnr_from_mse
 
 
 def main() -> None:
@@ -35,7 +36,7 @@ def main() -> None:
         x = torch.from_numpy(image[:h, :w]).permute(2, 0, 1)[None].to(device)
         with torch.no_grad():
             y = ae.reconstruct(x).clamp(0, 1)
-        psnrs.append(float(-10 * torch.log10(torch.mean((x - y) ** 2))))
+        psnrs.append(float(psnr_from_mse(torch.mean((x - y) ** 2))))
         print(f"{path.name}: {w}x{h} PSNR {psnrs[-1]:.2f} dB")
     print(f"mean encode-decode PSNR over {len(psnrs)} images: {np.mean(psnrs):.2f} dB")
 
