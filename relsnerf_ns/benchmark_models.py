@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, Literal, Optional, Tuple
@@ -30,11 +32,12 @@ from nerfstudio.data.dataparsers.base_dataparser import DataParserConfig
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.models.nerfacto import NerfactoModelConfig
 from nerfstudio.pipelines.base_pipeline import Pipeline
+from nerfstudio.plugins.types import MethodSpecification
 from nerfstudio.utils.eval_utils import eval_load_checkpoint
 
 from relsnerf_ns.autoencoders import StableDiffusionVAEConfig, TinyAutoencoderConfig
 from relsnerf_ns.offline_nerfacto import OfflineNerfactoModelConfig
-from relsnerf_ns.phases import PAPER_STEPS, SHORT_STEPS
+from relsnerf_ns.phases import PhaseScheduleConfig
 
 ModelName = Literal[
     "nerfacto",
@@ -49,27 +52,49 @@ ScheduleName = Literal["paper", "short", "minimal"]
 DataParserName = Literal["nerfstudio-data", "llff-data"]
 
 MINIMAL_STEPS = (2, 6, 2)
-"""A/B/C steps of the 'minimal' schedule: a smoke test (the CPU tests), not a benchmark."""
+"""A/B/C steps of the 'minimal' schedule: a smoke test (the CPU tests), not a benchmark. The other schedules are the
+pipeline's phase presets ('paper', 'short'; `phases.py`)."""
 MINIMAL_DISTILL_RENDERS = 3
-"""Phase C's RGB-NeRF renders with the 'minimal' schedule (paper and short use the pipeline's presets: 512, 64)."""
+"""Phase C's RGB-NeRF renders with the 'minimal' schedule (the others take their preset's, `phases.DISTILL_RENDERS`)."""
 TAEF2_FILES = ("taef2_encoder.pth", "taef2_decoder.pth")
 DEFAULT_MODELS: Tuple[ModelName, ...] = ("nerfacto", "relsnerf-r32", "relsnerf-tiny")
+PAPER_RECIPE_SUFFIX = "-paper"
 
 
 class BenchmarkError(RuntimeError):
     """A benchmark step cannot run; the message says what is missing and how to supply it."""
 
 
+def relsnerf_method(name: str) -> MethodSpecification:
+    """A registered ReLS-NeRF method (`relsnerf_config`), by its name."""
+    from relsnerf_ns.relsnerf_config import relsnerf, relsnerf_r32, relsnerf_tiny
+
+    return {"relsnerf": relsnerf, "relsnerf-r32": relsnerf_r32, "relsnerf-tiny": relsnerf_tiny}[name]
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     name: ModelName
     kind: Literal["nerfacto", "relsnerf"]
-    autoencoder: Optional[str]
-    """'r32', 'tiny', 'sd'; None for nerfacto."""
-    family: Literal["sd", "r32"]
-    """Which row of the phase presets applies (pretrained decoders: 'sd'; decoders trained from scratch: 'r32')."""
-    recipe: Literal["relsnerf", "paper"] = "relsnerf"
-    """The model's loss recipe (`--pipeline.model.recipe`): '-paper' models train with the paper's exact losses."""
+
+    @property
+    def recipe(self) -> Literal["relsnerf", "paper"]:
+        """The model's loss recipe (`--pipeline.model.recipe`): '-paper' models train with the paper's exact losses."""
+        return "paper" if self.name.endswith(PAPER_RECIPE_SUFFIX) else "relsnerf"
+
+    @property
+    def method(self) -> Optional[str]:
+        """The registered method the model trains ('relsnerf-r32' for 'relsnerf-r32-paper'); None for nerfacto."""
+        if self.kind == "nerfacto":
+            return None
+        return self.name[: -len(PAPER_RECIPE_SUFFIX)] if self.recipe == "paper" else self.name
+
+    @property
+    def phases(self) -> PhaseScheduleConfig:
+        """The method's phase schedule (which preset row applies: pretrained decoders 'sd', from scratch 'r32');
+        nerfacto's, whose training is phase B, is the default schedule's."""
+        method = self.method
+        return PhaseScheduleConfig() if method is None else relsnerf_method(method).config.pipeline.phases
 
     @property
     def outputs(self) -> Tuple[str, ...]:
@@ -77,16 +102,7 @@ class ModelSpec:
         return ("rgb",) if self.kind == "nerfacto" else ("decoded", "rgb_nerf")
 
 
-MODEL_SPECS: Dict[str, ModelSpec] = {
-    "nerfacto": ModelSpec("nerfacto", "nerfacto", None, "r32"),
-    "relsnerf-r32": ModelSpec("relsnerf-r32", "relsnerf", "r32", "r32"),
-    "relsnerf-tiny": ModelSpec("relsnerf-tiny", "relsnerf", "tiny", "sd"),
-    "relsnerf": ModelSpec("relsnerf", "relsnerf", "sd", "sd"),
-    "relsnerf-r32-paper": ModelSpec("relsnerf-r32-paper", "relsnerf", "r32", "r32", recipe="paper"),
-    "relsnerf-tiny-paper": ModelSpec("relsnerf-tiny-paper", "relsnerf", "tiny", "sd", recipe="paper"),
-    "relsnerf-paper": ModelSpec("relsnerf-paper", "relsnerf", "sd", "sd", recipe="paper"),
-}
-MODEL_ORDER = (
+MODEL_ORDER: Tuple[ModelName, ...] = (
     "nerfacto",
     "relsnerf",
     "relsnerf-paper",
@@ -97,6 +113,9 @@ MODEL_ORDER = (
 )
 """Report order: the RGB NeRF first, then ReLS-NeRF as in the paper (SD, R32), then the tiny AE; each with its
 paper-recipe twin when that was trained."""
+MODEL_SPECS: Dict[str, ModelSpec] = {
+    name: ModelSpec(name, "nerfacto" if name == "nerfacto" else "relsnerf") for name in typing.get_args(ModelName)
+}
 
 
 def spec(name: str) -> ModelSpec:
@@ -107,31 +126,31 @@ def spec(name: str) -> ModelSpec:
 
 @dataclass(frozen=True)
 class StepBudget:
-    """Step counts of one schedule: phases A, B, C of ReLS-NeRF (per autoencoder family) and nerfacto's steps."""
+    """Step counts of one schedule: phases A, B, C of ReLS-NeRF (per model) and nerfacto's steps."""
 
     schedule: ScheduleName
     ae_steps: Optional[int] = None
     joint_steps: Optional[int] = None
     distill_steps: Optional[int] = None
 
-    def phases(self, family: str) -> Tuple[int, int, int]:
-        if self.schedule == "minimal":
-            a, b, c = MINIMAL_STEPS
-        else:
-            a, b, c = (PAPER_STEPS if self.schedule == "paper" else SHORT_STEPS)[family]
-        a = a if self.ae_steps is None else self.ae_steps
-        b = b if self.joint_steps is None else self.joint_steps
-        c = c if self.distill_steps is None else self.distill_steps
-        if min(a, b, c) < 0 or b < 1:
-            raise BenchmarkError(f"step counts must be >= 0 and phase B >= 1, got A={a}, B={b}, C={c}")
-        return a, b, c
+    def schedule_of(self, model: ModelSpec) -> PhaseScheduleConfig:
+        """The model's phase schedule (`phases.PhaseScheduleConfig`) under this budget's preset and step counts."""
+        a, b, c = MINIMAL_STEPS if self.schedule == "minimal" else (None, None, None)
+        return dataclasses.replace(
+            model.phases,
+            preset="paper" if self.schedule == "paper" else "short",
+            ae_pretrain_steps=a if self.ae_steps is None else self.ae_steps,
+            joint_steps=b if self.joint_steps is None else self.joint_steps,
+            distill_steps=c if self.distill_steps is None else self.distill_steps,
+        )
 
     def steps_for(self, model: ModelSpec) -> Dict[str, int]:
         """Phase -> steps; nerfacto's whole training is phase B, as long as ReLS-NeRF's phase B."""
-        if model.kind == "nerfacto":
-            return {"B": self.phases("r32")[1]}
-        a, b, c = self.phases(model.family)
-        return {"A": a, "B": b, "C": c}
+        try:
+            a, b, c = self.schedule_of(model).steps()
+        except ValueError as error:
+            raise BenchmarkError(f"{error} (--ae-steps, --joint-steps, --distill-steps)") from None
+        return {"B": b} if model.kind == "nerfacto" else {"A": a, "B": b, "C": c}
 
     def describe(self, models) -> str:
         parts = []
@@ -223,16 +242,12 @@ def _nerfacto_config(build: ModelBuild) -> TrainerConfig:
 
 
 def _relsnerf_config(model: ModelSpec, build: ModelBuild) -> TrainerConfig:
-    from relsnerf_ns.relsnerf_config import relsnerf, relsnerf_r32, relsnerf_tiny
-
-    method = {"sd": relsnerf, "r32": relsnerf_r32, "tiny": relsnerf_tiny}[model.autoencoder or ""]
-    config = copy.deepcopy(method.config)
+    assert model.method is not None
+    config = copy.deepcopy(relsnerf_method(model.method).config)
     config.pipeline.model.recipe = model.recipe
-    a, b, c = build.budget.phases(model.family)
-    phases = config.pipeline.phases
-    phases.preset = "paper" if build.budget.schedule == "paper" else "short"
-    phases.ae_pretrain_steps, phases.joint_steps, phases.distill_steps = a, b, c
-    config.max_num_iterations = phases.total_steps
+    build.budget.steps_for(model)  # a clear BenchmarkError for impossible step counts
+    config.pipeline.phases = build.budget.schedule_of(model)
+    config.max_num_iterations = config.pipeline.phases.total_steps
     renders = build.num_distill_renders
     if renders is None and build.budget.schedule == "minimal":
         renders = MINIMAL_DISTILL_RENDERS
