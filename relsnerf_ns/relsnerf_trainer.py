@@ -274,13 +274,16 @@ class RelsNerfTrainer(Trainer):
         Under mixed precision the gradients are unscaled first and the scaler still lowers its scale after an
         overflow; a non-finite loss leaves the scale as it was. Cost: one pass over the gradients and one host
         synchronisation per step.
+
+        Mirrors nerfstudio 1.1.5 `Trainer.train_iteration` (zero the groups that start accumulating, forward under
+        autocast, scaled backward, the groups' optimizer steps, gradient logging, scaler update, scheduler step),
+        with three additions marked below. It is a copy because nerfstudio has no seam between the backward pass and
+        the optimizer steps: the loss is local to its train_iteration (the grad scaler, the only object that sees
+        it, is replaced by whoever sets up mixed precision), and `Optimizers.optimizer_scaler_step_some` unscales
+        only groups with a max_norm, and one group at a time as it steps, while the check must see every group's
+        unscaled gradients before any group steps.
         """
-        if self._any_rank(self._stop_signal is not None):  # all ranks stop at the same step
-            if self._stop_signal is None:
-                self._stop_signal = "stop signal on another rank"
-            self._stop_for_signal(step)
-        # Cheap references (converted only if this step starts a run of non-finite steps that ends the run).
-        self._state_at_step_start = (snapshot_rng_state(), self.pipeline.resume_state())
+        self._start_step_checks(step)  # addition 1: stop signals, the state the step starts from
         accumulation = self.gradient_accumulation_steps
         needs_zero = [group for group in self.optimizers.parameters if step % accumulation[group] == 0]
         self.optimizers.zero_grad_some(needs_zero)
@@ -296,35 +299,16 @@ class RelsNerfTrainer(Trainer):
             for group in self.optimizers.parameters
             if step % accumulation[group] == accumulation[group] - 1 and self._gradients([group])
         ]
-        scaled = self.grad_scaler.is_enabled()
-        if scaled:
-            for group in stepping:
-                self.grad_scaler.unscale_(self.optimizers.optimizers[group])
-        with record_function("relsnerf/finite_check"):
-            finite = torch.isfinite(loss.detach())
-            grads = self._gradients(stepping)
-            if grads:
-                finite = finite & torch.stack(torch._foreach_norm(grads)).isfinite().all()
-            # All ranks skip a step together (their gradients are averaged, their losses are their own).
-            finite = not self._any_rank(not bool(finite))
-        if not finite:
-            loss_is_finite = bool(torch.isfinite(loss.detach()))
-            reason = self._nonfinite_reason(loss_dict, stepping)
-            if scaled:
-                scale = self.grad_scaler.get_scale()
-                # Overflowing gradients: the scaler halves its scale as usual. A non-finite loss says nothing about
-                # the scale: keep it (update() also ends this step's unscale bookkeeping either way).
-                self.grad_scaler.update(None if loss_is_finite else scale)
-                if loss_is_finite:
-                    reason += f" at grad scale {scale:g}"
+        reason = self._unscale_and_check_finite(loss, loss_dict, stepping)  # addition 2: the finiteness guard
+        if reason is not None:
             self._skip_nonfinite_step(step, reason)
             self._last_completed_step = step
             return _for_logging(loss, loss_dict, metrics_dict)
 
         with record_function("relsnerf/optimizer"):
-            for group in stepping:
+            for group in stepping:  # Optimizers.optimizer_scaler_step_some, on gradients unscaled already
                 max_norm = self.optimizers.config[group]["optimizer"].max_norm
-                if max_norm is not None:  # gradients are unscaled at this point
+                if max_norm is not None:
                     torch.nn.utils.clip_grad_norm_(self.optimizers.parameters[group], max_norm)
                 self.grad_scaler.step(self.optimizers.optimizers[group])
         if self.config.log_gradients:
@@ -339,9 +323,47 @@ class RelsNerfTrainer(Trainer):
         self.grad_scaler.update()
         if scale <= self.grad_scaler.get_scale():  # as nerfstudio: no scheduler step when the scaler skipped one
             self.optimizers.scheduler_step_all(step)
-        self._nonfinite_streak = 0
+        self._nonfinite_streak = 0  # addition 3: the step counts as completed
         self._last_completed_step = step
         return _for_logging(loss, loss_dict, metrics_dict)
+
+    def _start_step_checks(self, step: int) -> None:
+        """Stop at this step when a stop signal came (on any rank); keep what the step starts from."""
+        if self._any_rank(self._stop_signal is not None):  # all ranks stop at the same step
+            if self._stop_signal is None:
+                self._stop_signal = "stop signal on another rank"
+            self._stop_for_signal(step)
+        # Cheap references (converted only if this step starts a run of non-finite steps that ends the run).
+        self._state_at_step_start = (snapshot_rng_state(), self.pipeline.resume_state())
+
+    def _unscale_and_check_finite(
+        self, loss: torch.Tensor, loss_dict: Dict[str, torch.Tensor], stepping: List[str]
+    ) -> Optional[str]:
+        """Unscale the gradients of the groups about to step; None when the loss and all of them are finite, else
+        what was not (after the scaler's update: halved after overflowing gradients, kept after a non-finite loss)."""
+        scaled = self.grad_scaler.is_enabled()
+        if scaled:
+            for group in stepping:
+                self.grad_scaler.unscale_(self.optimizers.optimizers[group])
+        with record_function("relsnerf/finite_check"):
+            finite = torch.isfinite(loss.detach())
+            grads = self._gradients(stepping)
+            if grads:
+                finite = finite & torch.stack(torch._foreach_norm(grads)).isfinite().all()
+            # All ranks skip a step together (their gradients are averaged, their losses are their own).
+            finite = not self._any_rank(not bool(finite))
+        if finite:
+            return None
+        loss_is_finite = bool(torch.isfinite(loss.detach()))
+        reason = self._nonfinite_reason(loss_dict, stepping)
+        if scaled:
+            scale = self.grad_scaler.get_scale()
+            # Overflowing gradients: the scaler halves its scale as usual. A non-finite loss says nothing about
+            # the scale: keep it (update() also ends this step's unscale bookkeeping either way).
+            self.grad_scaler.update(None if loss_is_finite else scale)
+            if loss_is_finite:
+                reason += f" at grad scale {scale:g}"
+        return reason
 
     def _gradients(self, groups: List[str]) -> List[torch.Tensor]:
         return [p.grad for group in groups for p in self.optimizers.parameters[group] if p.grad is not None]
@@ -420,7 +442,12 @@ class RelsNerfTrainer(Trainer):
 
     @check_main_thread
     def save_checkpoint(self, step: int, resume_state: Optional[Dict[str, Any]] = None) -> None:
-        """Write `step-<step>.ckpt` atomically; `resume_state` (random generators etc.) defaults to the current one."""
+        """Write `step-<step>.ckpt` atomically; `resume_state` (random generators etc.) defaults to the current one.
+
+        Mirrors nerfstudio 1.1.5 `Trainer.save_checkpoint` (same keys, plus "resume"; the pipeline's state under
+        one-process names). A copy: nerfstudio builds the dict inline and `torch.save`s it straight to the final
+        name, so neither the extra state nor the atomic write can be added around it.
+        """
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         path = self.checkpoint_dir / checkpoint_name(step)
         state = {
@@ -443,6 +470,10 @@ class RelsNerfTrainer(Trainer):
         Unlike nerfstudio's, it picks the latest `step-*.ckpt` among checkpoint files only, loads with
         `weights_only=True`, and when the latest cannot be read (e.g. a checkpoint truncated by an older,
         non-atomic writer) says so and takes the one before it, unless --load-step asks for that exact one.
+
+        Mirrors nerfstudio 1.1.5 `Trainer._load_checkpoint` (the same states loaded in the same order). A copy:
+        nerfstudio chooses the file by parsing every name in the folder (a stray file fails it), asserts it exists,
+        and keeps the loaded dict to itself, so the fallback and the resume state would need the file read twice.
         """
         candidates = self._checkpoints_to_try()
         if not candidates:
