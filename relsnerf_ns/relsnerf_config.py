@@ -21,12 +21,12 @@ from relsnerf_ns.autoencoders import (
     StableDiffusionVAEConfig,
     TinyAutoencoderConfig,
 )
-from relsnerf_ns.phases import PhaseScheduleConfig
-from relsnerf_ns.relsnerf_datamanager import RelsNerfDataManagerConfig
-from relsnerf_ns.relsnerf_model import RelsNerfModelConfig
-from relsnerf_ns.relsnerf_pipeline import RelsNerfPipelineConfig
-from relsnerf_ns.relsnerf_trainer import RelsNerfTrainerConfig
-from relsnerf_ns.schedulers import PhasedSchedulerConfig, PhaseLR
+from relsnerf_ns.data.relsnerf_datamanager import RelsNerfDataManagerConfig
+from relsnerf_ns.model.relsnerf_model import RelsNerfModelConfig
+from relsnerf_ns.training.phases import PhaseScheduleConfig
+from relsnerf_ns.training.relsnerf_pipeline import RelsNerfPipelineConfig
+from relsnerf_ns.training.relsnerf_trainer import RelsNerfTrainerConfig
+from relsnerf_ns.training.schedulers import PhasedSchedulerConfig, PhaseLR
 
 NERF_LR = PhaseLR(lr=1e-2, tenfold_decay_every=10000)
 

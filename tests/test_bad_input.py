@@ -16,10 +16,8 @@ from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataPars
 from PIL import Image
 
 from relsnerf_ns.autoencoders.weights import PretrainedWeightsError
-from relsnerf_ns.demo_scene import demo_camera_poses, render_view, write_demo_scene
-from relsnerf_ns.image_files import ImageFileError, read_image
-from relsnerf_ns.phases import Phase
-from relsnerf_ns.relsnerf_datamanager import (
+from relsnerf_ns.data.image_files import ImageFileError, read_image
+from relsnerf_ns.data.relsnerf_datamanager import (
     ImageSizeError,
     NoEvaluationImagesError,
     RelsNerfDataManagerConfig,
@@ -28,6 +26,8 @@ from relsnerf_ns.relsnerf_datamanager import (
     blend_alpha,
     random_patch,
 )
+from relsnerf_ns.demo_scene import demo_camera_poses, render_view, write_demo_scene
+from relsnerf_ns.training.phases import Phase
 
 from .conftest import tiny_config
 

@@ -16,9 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
-from relsnerf_ns.benchmark import All, Evaluate, Report, Train, main
-from relsnerf_ns.benchmark_report import MISSING
-from relsnerf_ns.benchmark_spiral import average_pose, llff_spiral
+from relsnerf_ns.benchmark.cli import All, Evaluate, Report, Train, main
+from relsnerf_ns.benchmark.report import MISSING
+from relsnerf_ns.benchmark.spiral import average_pose, llff_spiral
 
 from .conftest import TINY_AE, TINY_DATA, TINY_MODEL
 

@@ -9,8 +9,8 @@ import os
 import pytest
 from PIL import Image
 
-from relsnerf_ns import benchmark_report as br
-from relsnerf_ns.benchmark_report import (
+from relsnerf_ns.benchmark import report as br
+from relsnerf_ns.benchmark.report import (
     MISSING,
     BenchmarkReport,
     ModelResult,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from relsnerf_ns.relsnerf_datamanager import SPARSE_DEPTH_KEY, largest_patch
+from relsnerf_ns.data.relsnerf_datamanager import SPARSE_DEPTH_KEY, largest_patch
 
 from .conftest import tiny_config
 

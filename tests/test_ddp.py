@@ -22,8 +22,8 @@ import torch.multiprocessing as mp
 from nerfstudio.scripts import train as ns_train
 from nerfstudio.utils import comms
 
-from relsnerf_ns.phases import Phase
-from relsnerf_ns.train_batches import AutoencoderBatch, JointBatch, union_of_batches
+from relsnerf_ns.model.train_batches import AutoencoderBatch, JointBatch, union_of_batches
+from relsnerf_ns.training.phases import Phase
 
 from .conftest import tiny_config
 

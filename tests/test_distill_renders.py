@@ -10,7 +10,7 @@ import torch
 from nerfstudio.cameras.cameras import Cameras
 from PIL import Image
 
-from relsnerf_ns.distill_renders import MANIFEST, DistillRenders
+from relsnerf_ns.training.distill_renders import MANIFEST, DistillRenders
 
 COUNT = 5
 

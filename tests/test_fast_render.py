@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from relsnerf_ns.fast_render import stage_times
+from relsnerf_ns.rendering.fast_render import stage_times
 
 from .conftest import camera
 

@@ -15,10 +15,10 @@ import time
 import pytest
 import torch
 
-import relsnerf_ns.relsnerf_trainer as trainer_module
+import relsnerf_ns.training.relsnerf_trainer as trainer_module
 from relsnerf_ns.known_warnings import KNOWN_HARMLESS
-from relsnerf_ns.relsnerf_model import CheckpointMismatchError
-from relsnerf_ns.relsnerf_trainer import CheckpointWriteError, NonFiniteLossError, temporary_checkpoint_path
+from relsnerf_ns.model.relsnerf_model import CheckpointMismatchError
+from relsnerf_ns.training.relsnerf_trainer import CheckpointWriteError, NonFiniteLossError, temporary_checkpoint_path
 
 from .conftest import TINY_MODEL, VENV_BIN, tiny_cli_args, tiny_config
 
@@ -309,7 +309,7 @@ def test_ns_train_stopped_by_a_signal_saves_the_step_in_progress(stop_signal, sc
 
 
 def test_a_second_signal_stops_at_once_with_the_signals_exit_status(saver, capsys):
-    from relsnerf_ns.relsnerf_trainer import TrainingInterrupted
+    from relsnerf_ns.training.relsnerf_trainer import TrainingInterrupted
 
     saver._stop_signal = None
     saver._on_stop_signal(signal.SIGTERM, None)  # the first: finish the step, save, stop
@@ -373,7 +373,7 @@ def test_eval_style_loading_of_a_mismatched_checkpoint_fails_naming_both(r32_che
 
 
 def test_loading_a_nerfacto_checkpoint_into_relsnerf_fails_clearly(r32_checkpoint, scene, tmp_path):
-    from relsnerf_ns.offline_nerfacto import OfflineNerfactoModelConfig
+    from relsnerf_ns.model.offline_nerfacto import OfflineNerfactoModelConfig
 
     resumed = make_trainer(scene, tmp_path, (1, 1, 0))
     nerfacto = OfflineNerfactoModelConfig(**{k: v for k, v in TINY_MODEL.items() if not k.startswith("latent")})

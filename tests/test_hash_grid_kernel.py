@@ -18,7 +18,7 @@ import pytest
 import torch
 from nerfstudio.field_components.encodings import HashEncoding
 
-from relsnerf_ns.hash_grid_kernel import INTERPRET, fused_lookup, use_fused_hash_grids, uses_fused_hash_grids
+from relsnerf_ns.rendering.hash_grid_kernel import INTERPRET, fused_lookup, use_fused_hash_grids, uses_fused_hash_grids
 from tests.conftest import tiny_config
 
 DEVICE = "cuda" if torch.cuda.is_available() else ("cpu" if INTERPRET else None)

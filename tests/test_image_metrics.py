@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from relsnerf_ns.image_metrics import ALEXNET_FILE, OfflineLPIPS, flip_error, image_metrics
+from relsnerf_ns.evaluation.image_metrics import ALEXNET_FILE, OfflineLPIPS, flip_error, image_metrics
 
 
 def images():

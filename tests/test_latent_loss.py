@@ -7,11 +7,11 @@ import copy
 import pytest
 import torch
 
-from relsnerf_ns.latent_rays import latent_ray_bundle
-from relsnerf_ns.latent_targets import LatentTargets, encode_images
-from relsnerf_ns.phases import Phase
+from relsnerf_ns.data.relsnerf_datamanager import aligned_crop
+from relsnerf_ns.model.latent_targets import LatentTargets, encode_images
 from relsnerf_ns.relsnerf_config import relsnerf_r32
-from relsnerf_ns.relsnerf_datamanager import aligned_crop
+from relsnerf_ns.rendering.latent_rays import latent_ray_bundle
+from relsnerf_ns.training.phases import Phase
 
 from .conftest import camera, tiny_config
 from .test_llff_dataparser import write_llff_scene
@@ -197,6 +197,6 @@ def test_phase_c_crops_the_latent_maps_that_inference_renders(scene, tmp_path):
 
 
 def _llff(root):
-    from relsnerf_ns.llff_dataparser import LLFFDataParserConfig
+    from relsnerf_ns.data.llff_dataparser import LLFFDataParserConfig
 
     return LLFFDataParserConfig(data=root, downscale_factor=1)

@@ -13,13 +13,13 @@ import torch
 from nerfstudio.data.utils import colmap_parsing_utils as colmap_utils
 from PIL import Image
 
-from relsnerf_ns.llff_dataparser import (
+from relsnerf_ns.data.llff_dataparser import (
     SPARSE_DEPTH_KEY,
     LLFFDataError,
     LLFFDataParserConfig,
     LLFFMissingFileError,
 )
-from relsnerf_ns.phases import Phase
+from relsnerf_ns.training.phases import Phase
 
 WIDTH, HEIGHT, FOCAL = 40, 30, 35.0  # full-size images (images/); images_2/ holds 20x15 copies
 NUM_IMAGES, NUM_POINTS = 17, 300
@@ -214,7 +214,7 @@ def test_sparse_depth_is_the_distance_along_the_camera_axis(llff, scene, factor)
 
 def test_sparse_depth_rays_end_at_the_points(llff):
     """Through the ReLS-NeRF datamanager: rays through the (x, y) of a sparse point reach it at the given distance."""
-    from relsnerf_ns.relsnerf_datamanager import RelsNerfDataManagerConfig
+    from relsnerf_ns.data.relsnerf_datamanager import RelsNerfDataManagerConfig
 
     config = RelsNerfDataManagerConfig(
         dataparser=LLFFDataParserConfig(data=llff["root"], downscale_factor=1), depth_rays_per_batch=64

@@ -6,7 +6,7 @@ import pytest
 import torch
 from nerfstudio.field_components.field_heads import FieldHeadNames
 
-from relsnerf_ns.latent_rays import latent_ray_bundle
+from relsnerf_ns.rendering.latent_rays import latent_ray_bundle
 
 from .conftest import camera
 
@@ -98,7 +98,7 @@ def test_full_resolution_rgb_nerf_matches_nerfacto_path(model):
 
 
 def test_viewer_switch_shows_the_rgb_nerf_per_pixel(model):
-    from relsnerf_ns.relsnerf_model import RENDER_RGB_NERF
+    from relsnerf_ns.model.relsnerf_model import RENDER_RGB_NERF
 
     model.eval()
     cam = camera(width=24, height=16)

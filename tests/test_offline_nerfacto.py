@@ -8,7 +8,7 @@ import torch
 from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.models.nerfacto import NerfactoModelConfig
 
-from relsnerf_ns.offline_nerfacto import OfflineNerfactoModelConfig
+from relsnerf_ns.model.offline_nerfacto import OfflineNerfactoModelConfig
 
 NERFACTO = dict(num_levels=4, max_res=128, log2_hashmap_size=12, hidden_dim=16, hidden_dim_color=16)
 

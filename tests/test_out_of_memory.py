@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from relsnerf_ns.out_of_memory import ShrinkingSize, decode_frame
+from relsnerf_ns.rendering.out_of_memory import ShrinkingSize, decode_frame
 
 from .conftest import camera
 

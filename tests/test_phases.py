@@ -6,9 +6,9 @@ import pytest
 import torch
 from nerfstudio.cameras.cameras import Cameras
 
-from relsnerf_ns.camera_interpolation import interpolated_cameras, sample_triplets
-from relsnerf_ns.phases import Phase, PhaseScheduleConfig
 from relsnerf_ns.relsnerf_config import relsnerf_optimizers
+from relsnerf_ns.training.camera_interpolation import interpolated_cameras, sample_triplets
+from relsnerf_ns.training.phases import Phase, PhaseScheduleConfig
 
 
 def test_paper_schedules_and_boundaries():
@@ -145,7 +145,7 @@ def test_camera_tuples_need_at_least_one_camera():
 
 
 def test_phase_c_makes_one_render_for_a_single_training_camera(tmp_path):
-    from relsnerf_ns.distill_renders import DistillRenders
+    from relsnerf_ns.training.distill_renders import DistillRenders
 
     _, cams = line_of_cameras(1)
     renders = DistillRenders(cams, count=5, seed=0, directory=tmp_path)

@@ -17,7 +17,7 @@ import pytest
 import torch
 from nerfstudio.cameras.cameras import Cameras, CameraType
 
-from relsnerf_ns.rcc import (
+from relsnerf_ns.evaluation.rcc import (
     PinholeCamera,
     RCCAccumulator,
     mse_to_psnr,

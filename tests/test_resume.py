@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from relsnerf_ns.phases import Phase
-from relsnerf_ns.relsnerf_trainer import TrainingInterrupted
+from relsnerf_ns.training.phases import Phase
+from relsnerf_ns.training.relsnerf_trainer import TrainingInterrupted
 
 from .conftest import tiny_config
 

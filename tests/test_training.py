@@ -7,7 +7,7 @@ import subprocess
 import pytest
 import torch
 
-from relsnerf_ns.phases import Phase
+from relsnerf_ns.training.phases import Phase
 
 from .conftest import VENV_BIN, tiny_config
 
@@ -156,7 +156,7 @@ import nerfstudio.plugins.registry as methods, nerfstudio.plugins.registry_datap
 methods.discover_methods = dataparsers.discover_dataparsers = lambda: ({}, {})
 import nerfstudio.configs.method_configs  # what every ns-* command imports, here without its plugins
 before = set(sys.modules)
-import relsnerf_ns.relsnerf_config, relsnerf_ns.llff_dataparser  # the plugin's entry points
+import relsnerf_ns.relsnerf_config, relsnerf_ns.data.llff_dataparser  # the plugin's entry points
 print(sorted({name.split(".")[0] for name in set(sys.modules) - before}))
 """
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from relsnerf_ns.llff_dataparser import LLFFDataParserConfig
+from relsnerf_ns.data.llff_dataparser import LLFFDataParserConfig
 from relsnerf_ns.relsnerf_config import relsnerf_r32
 
 

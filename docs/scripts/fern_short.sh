@@ -14,7 +14,7 @@ step $R evaluate --model relsnerf-tiny $O
 step $R evaluate --model nerfacto $O
 step $R time $O
 step $R report $O
-step python3 -m relsnerf_ns.benchmark_kernels --config outputs/bench/fern/runs/relsnerf-r32/relsnerf-r32/bench/config.yml --json outputs/bench/fern/kernels_r32.json
-step python3 -m relsnerf_ns.benchmark_kernels --skip-lookups --config outputs/bench/fern/runs/relsnerf-tiny/relsnerf-tiny/bench/config.yml --json outputs/bench/fern/kernels_tiny.json
+step python3 -m relsnerf_ns.benchmark.kernels --config outputs/bench/fern/runs/relsnerf-r32/relsnerf-r32/bench/config.yml --json outputs/bench/fern/kernels_r32.json
+step python3 -m relsnerf_ns.benchmark.kernels --skip-lookups --config outputs/bench/fern/runs/relsnerf-tiny/relsnerf-tiny/bench/config.yml --json outputs/bench/fern/kernels_tiny.json
 tar czf fern_results.tgz -C outputs/bench/fern results benchmark.md benchmark.json kernels_r32.json kernels_tiny.json $(cd outputs/bench/fern && ls *.png 2>/dev/null)
 echo "=== DONE $(date +%T)"

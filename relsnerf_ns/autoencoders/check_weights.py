@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from relsnerf_ns.autoencoders.tiny import TinyAutoencoderConfig
-from relsnerf_ns.image_metrics import psnr_from_mse
+from relsnerf_ns.evaluation.image_metrics import psnr_from_mse
 
 
 def main() -> None:

@@ -29,13 +29,13 @@ from nerfstudio.pipelines.base_pipeline import Pipeline
 from nerfstudio.utils.rich_utils import CONSOLE, get_progress
 from torch import Tensor
 
-from relsnerf_ns.atomic_files import write_png
-from relsnerf_ns.benchmark_models import ModelSpec
-from relsnerf_ns.benchmark_spiral import SpiralPath, llff_spiral
-from relsnerf_ns.held_out import Render, held_out_views, warmup_renders
-from relsnerf_ns.image_metrics import OfflineLPIPS, image_metrics
-from relsnerf_ns.rcc import RCCAccumulator
-from relsnerf_ns.render_timing import median_call_ms, median_ms, synchronize, timed
+from relsnerf_ns.benchmark.models import ModelSpec
+from relsnerf_ns.benchmark.spiral import SpiralPath, llff_spiral
+from relsnerf_ns.data.atomic_files import write_png
+from relsnerf_ns.evaluation.held_out import Render, held_out_views, warmup_renders
+from relsnerf_ns.evaluation.image_metrics import OfflineLPIPS, image_metrics
+from relsnerf_ns.evaluation.rcc import RCCAccumulator
+from relsnerf_ns.evaluation.render_timing import median_call_ms, median_ms, synchronize, timed
 
 RCCDepth = Literal["full", "latent"]
 
@@ -45,7 +45,7 @@ def output_renderers(pipeline: Pipeline, model_spec: ModelSpec) -> Dict[str, Ren
     model = pipeline.model
     if model_spec.kind == "nerfacto":
         return {"rgb": model.get_outputs_for_camera}
-    from relsnerf_ns.viewer_controls import RENDER_DECODED
+    from relsnerf_ns.model.viewer_controls import RENDER_DECODED
 
     # The decoded path exactly as the viewer's default: no per-pixel colour NeRF next to it.
     model.render_rgb_nerf_full_resolution = False
@@ -248,7 +248,7 @@ def decoded_breakdown_ms(model, cameras: List[Cameras], device: str) -> Dict[str
     renderer = getattr(model, "frame_renderer", None)
     stages: Dict[str, List[float]] = {}
     try:
-        from relsnerf_ns.fast_render import stage_times
+        from relsnerf_ns.rendering.fast_render import stage_times
     except ImportError:
         stage_times = None  # type: ignore[assignment]
     for camera in cameras:

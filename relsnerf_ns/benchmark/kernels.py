@@ -1,8 +1,8 @@
 """Before/after timings of the rendering and training paths, side by side in one process (relsnerf-bench's companion).
 
-    python -m relsnerf_ns.benchmark_kernels [--config RUN/config.yml] [--nerfacto-config RUN/config.yml]
+    python -m relsnerf_ns.benchmark.kernels [--config RUN/config.yml] [--nerfacto-config RUN/config.yml]
         [--frames 10] [--json FILE]
-    python -m relsnerf_ns.benchmark_kernels --write-random-sd-vae DIR   # an SD-VAE with random weights, for timing
+    python -m relsnerf_ns.benchmark.kernels --write-random-sd-vae DIR   # an SD-VAE with random weights, for timing
 
 1. Hash-grid lookups alone (random positions, the sizes of one 1008x756 latent frame and of one training batch):
    nerfstudio's torch lookup vs the fused Triton kernels (`hash_grid_kernel.py`), forward and forward + backward.
@@ -29,9 +29,9 @@ from typing import Callable, Dict, Iterator, List, Optional
 import torch
 from nerfstudio.field_components.encodings import HashEncoding
 
-from relsnerf_ns.hash_grid_kernel import kernels_available, use_fused_hash_grids
-from relsnerf_ns.image_metrics import psnr_from_mse
-from relsnerf_ns.render_timing import median_call_ms, synchronize
+from relsnerf_ns.evaluation.image_metrics import psnr_from_mse
+from relsnerf_ns.evaluation.render_timing import median_call_ms, synchronize
+from relsnerf_ns.rendering.hash_grid_kernel import kernels_available, use_fused_hash_grids
 
 
 def _median_ms(function: Callable[[], object], device: str, repeats: int, warmup: int = 3) -> float:
@@ -103,9 +103,9 @@ def _peak_mb(function: Callable[[], object], device: str) -> Optional[float]:
 def model_timings(
     config_path: Path, device: str, frames: int, nerfacto_config: Optional[Path] = None
 ) -> Dict[str, object]:
-    from relsnerf_ns.benchmark_eval import spiral_for
-    from relsnerf_ns.benchmark_models import load_trained
-    from relsnerf_ns.viewer_controls import RENDER_DECODED
+    from relsnerf_ns.benchmark.evaluate import spiral_for
+    from relsnerf_ns.benchmark.models import load_trained
+    from relsnerf_ns.model.viewer_controls import RENDER_DECODED
 
     _, pipeline, step = load_trained(config_path, device)
     model = pipeline.model
@@ -187,7 +187,7 @@ def model_timings(
 
 def _nerfacto_row(config_path: Path, device: str, cameras: List) -> Dict[str, object]:
     """nerfstudio's nerfacto as shipped (its own torch lookups), on the same cameras, in this process."""
-    from relsnerf_ns.benchmark_models import load_trained
+    from relsnerf_ns.benchmark.models import load_trained
 
     _, pipeline, _ = load_trained(config_path, device)
     render = pipeline.model.get_outputs_for_camera

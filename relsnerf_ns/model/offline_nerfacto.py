@@ -37,7 +37,7 @@ from nerfstudio.models.base_model import Model
 from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
 from torch import Tensor
 
-from relsnerf_ns.image_metrics import OfflineLPIPS
+from relsnerf_ns.evaluation.image_metrics import OfflineLPIPS
 
 
 class DeferredLPIPS:

@@ -15,7 +15,7 @@ import tyro
 from nerfstudio.engine.schedulers import Scheduler, SchedulerConfig
 from torch.optim import Optimizer, lr_scheduler
 
-from relsnerf_ns.phases import Phase, PhaseScheduleConfig
+from relsnerf_ns.training.phases import Phase, PhaseScheduleConfig
 
 
 @dataclass

@@ -23,8 +23,8 @@ from nerfstudio.utils.rich_utils import CONSOLE, get_progress
 from PIL import Image
 from torch import Tensor
 
-from relsnerf_ns.atomic_files import atomic_write_text, write_png
-from relsnerf_ns.camera_interpolation import interpolated_cameras
+from relsnerf_ns.data.atomic_files import atomic_write_text, write_png
+from relsnerf_ns.training.camera_interpolation import interpolated_cameras
 
 MANIFEST = "cameras.json"
 MANIFEST_VERSION = 2

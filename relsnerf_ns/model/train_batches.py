@@ -17,7 +17,7 @@ import torch
 from nerfstudio.cameras.rays import RayBundle
 from torch import Tensor
 
-from relsnerf_ns.relsnerf_datamanager import ImagePatch
+from relsnerf_ns.data.relsnerf_datamanager import ImagePatch
 
 
 @dataclass

@@ -23,25 +23,25 @@ from torch.cuda.amp.grad_scaler import GradScaler
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.profiler import record_function
 
-from relsnerf_ns.atomic_files import write_png
-from relsnerf_ns.distill_renders import DistillRenders
-from relsnerf_ns.held_out import DECODED, held_out_views
-from relsnerf_ns.latent_targets import LatentTargets, encode_images
-from relsnerf_ns.phases import Phase, PhaseScheduleConfig
-from relsnerf_ns.relsnerf_datamanager import (
+from relsnerf_ns.data.atomic_files import write_png
+from relsnerf_ns.data.relsnerf_datamanager import (
     RelsNerfDataManager,
     RelsNerfDataManagerConfig,
     aligned_crop,
     blend_alpha,
     largest_patch,
 )
-from relsnerf_ns.relsnerf_model import (
+from relsnerf_ns.evaluation.held_out import DECODED, held_out_views
+from relsnerf_ns.model.latent_targets import LatentTargets, encode_images
+from relsnerf_ns.model.relsnerf_model import (
     CheckpointMismatchError,
     RelsNerfModel,
     RelsNerfModelConfig,
     describe_checkpoint_mismatch,
 )
-from relsnerf_ns.train_batches import AutoencoderBatch, DistillBatch, JointBatch, TrainBatch
+from relsnerf_ns.model.train_batches import AutoencoderBatch, DistillBatch, JointBatch, TrainBatch
+from relsnerf_ns.training.distill_renders import DistillRenders
+from relsnerf_ns.training.phases import Phase, PhaseScheduleConfig
 
 
 @dataclass

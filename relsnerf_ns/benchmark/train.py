@@ -31,11 +31,11 @@ from nerfstudio.utils import writer
 from nerfstudio.utils.misc import step_check
 from nerfstudio.utils.rich_utils import CONSOLE, get_progress
 
-from relsnerf_ns.atomic_files import atomic_write_text
-from relsnerf_ns.benchmark_models import ModelSpec, nerfstudio_checkpoint_globals
-from relsnerf_ns.hash_grid_kernel import uses_fused_hash_grids
-from relsnerf_ns.out_of_memory import free_cached_memory
-from relsnerf_ns.render_timing import synchronize
+from relsnerf_ns.benchmark.models import ModelSpec, nerfstudio_checkpoint_globals
+from relsnerf_ns.data.atomic_files import atomic_write_text
+from relsnerf_ns.evaluation.render_timing import synchronize
+from relsnerf_ns.rendering.hash_grid_kernel import uses_fused_hash_grids
+from relsnerf_ns.rendering.out_of_memory import free_cached_memory
 
 ConfigTransform = Callable[[str, TrainerConfig], Optional[TrainerConfig]]
 """(model name, config) -> config (or None after changing it in place): applied before training (tests shrink the

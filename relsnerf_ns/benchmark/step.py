@@ -1,6 +1,6 @@
 """Where a training step's time goes: steps per second of each phase and a per-section breakdown of phase B.
 
-    python -m relsnerf_ns.benchmark_step --data fern --dataparser llff-data --downscale-factor 4 \
+    python -m relsnerf_ns.benchmark.step --data fern --dataparser llff-data --downscale-factor 4 \
         --model relsnerf-r32 --ae-steps 60 --joint-steps 300 --distill-steps 150
 
 Trains one ReLS-NeRF model for the given (short) phase lengths with nerfstudio's Trainer, as `relsnerf-bench train`
@@ -24,9 +24,9 @@ import tyro
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from relsnerf_ns.benchmark import _Training, resolve_device
-from relsnerf_ns.benchmark_models import ModelName, spec
-from relsnerf_ns.render_timing import synchronize
+from relsnerf_ns.benchmark.cli import _Training, resolve_device
+from relsnerf_ns.benchmark.models import ModelName, spec
+from relsnerf_ns.evaluation.render_timing import synchronize
 
 
 @dataclass(kw_only=True)

@@ -53,7 +53,7 @@ Sparse depth (DS-NeRF)
 
 Check a scene (fraction of observed points that reproject inside the images, depths against the bounds)::
 
-    python -m relsnerf_ns.llff_dataparser --check SCENE [--downscale-factor N]
+    python -m relsnerf_ns.data.llff_dataparser --check SCENE [--downscale-factor N]
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from PIL import Image
 from torch import Tensor
 
-from relsnerf_ns.metadata_keys import SPARSE_DEPTH_KEY
+from relsnerf_ns.data.metadata_keys import SPARSE_DEPTH_KEY
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 InsideFn = Callable[[np.ndarray, int], np.ndarray]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Protocol, Tuple
 
 import torch
 from jaxtyping import Float
@@ -28,10 +28,33 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-from relsnerf_ns.latent_rays import latent_ray_bundle
+from relsnerf_ns.rendering.latent_rays import latent_ray_bundle
 
-if TYPE_CHECKING:
-    from relsnerf_ns.relsnerf_model import RelsNerfModel
+
+class LatentRenderingModel(Protocol):
+    """What the renderer uses of a model: nerfacto's modules plus ReLS-NeRF's latent rendering and decoding.
+
+    `RelsNerfModel` is one. Typed by what it offers, so that this module does not import the model (which builds a
+    renderer, and so imports this module).
+    """
+
+    device: torch.device
+    training: bool
+    config: Any
+    collider: Any
+    field: Any
+    proposal_sampler: Any
+    density_fns: List[Callable]
+    renderer_rgb: Any
+    renderer_depth: Any
+    renderer_accumulation: Any
+
+    def render_latents(self, ray_bundle: RayBundle, with_colour: bool = False) -> Dict[str, Tensor]: ...
+
+    def decode_latent_map(self, latent: Float[Tensor, "*batch rows cols n"]) -> Float[Tensor, "*batch 3 H W"]: ...
+
+    def modules(self) -> Iterator[torch.nn.Module]: ...
+
 
 LOW_RES_KEYS = ("latent", "rgb_nerf", "depth", "accumulation")
 RAY_KEYS = ("origins", "directions", "pixel_area", "camera_indices", "nears", "fars", "directions_norm")
@@ -66,7 +89,7 @@ class LatentFrameRenderer:
 
     def __init__(
         self,
-        model: "RelsNerfModel",
+        model: LatentRenderingModel,
         cuda_graphs: bool = True,
         half_precision_decoder: bool = True,
         max_cached_graphs: int = 4,

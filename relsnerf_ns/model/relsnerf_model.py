@@ -22,22 +22,22 @@ from torch.nn import Parameter
 from torch.profiler import record_function
 
 from relsnerf_ns.autoencoders import AutoencoderConfig, LatentAutoencoder, R32AutoencoderConfig
-from relsnerf_ns.fast_render import LatentFrameRenderer
-from relsnerf_ns.hash_grid_kernel import use_fused_hash_grids
-from relsnerf_ns.image_metrics import image_metrics, psnr_from_mse
-from relsnerf_ns.latent_rays import latent_ray_bundle
-from relsnerf_ns.latent_targets import LatentTargets
-from relsnerf_ns.offline_nerfacto import OfflineNerfactoModel
-from relsnerf_ns.out_of_memory import ShrinkingSize, decode_frame, free_cached_memory, render_in_chunks
-from relsnerf_ns.relsnerf_field import RelsNerfField, resolve_implementation
-from relsnerf_ns.train_batches import AutoencoderBatch, DistillBatch, JointBatch, TrainBatch, cat_dataclasses
-from relsnerf_ns.viewer_controls import (
+from relsnerf_ns.evaluation.image_metrics import image_metrics, psnr_from_mse
+from relsnerf_ns.model.latent_targets import LatentTargets
+from relsnerf_ns.model.offline_nerfacto import OfflineNerfactoModel
+from relsnerf_ns.model.relsnerf_field import RelsNerfField, resolve_implementation
+from relsnerf_ns.model.train_batches import AutoencoderBatch, DistillBatch, JointBatch, TrainBatch, cat_dataclasses
+from relsnerf_ns.model.viewer_controls import (
     RENDER_DECODED,
     RENDER_RGB_NERF,
     TrainingCameraStart,
     phase_text,
     render_mode_dropdown,
 )
+from relsnerf_ns.rendering.fast_render import LatentFrameRenderer
+from relsnerf_ns.rendering.hash_grid_kernel import use_fused_hash_grids
+from relsnerf_ns.rendering.latent_rays import latent_ray_bundle
+from relsnerf_ns.rendering.out_of_memory import ShrinkingSize, decode_frame, free_cached_memory, render_in_chunks
 
 __all__ = ["RENDER_DECODED", "RENDER_RGB_NERF", "RelsNerfModel", "RelsNerfModelConfig"]
 

@@ -16,7 +16,7 @@ from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.utils.rich_utils import get_progress
 from torch import Tensor
 
-from relsnerf_ns.render_timing import timed
+from relsnerf_ns.evaluation.render_timing import timed
 
 Render = Callable[[Cameras], Dict[str, Tensor]]
 """One output's render of one camera: nerfstudio's output dict ('rgb', 'depth', ...)."""

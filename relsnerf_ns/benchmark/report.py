@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Type, TypeVar
 
-from relsnerf_ns.atomic_files import atomic_write_bytes, atomic_write_text
+from relsnerf_ns.data.atomic_files import atomic_write_bytes, atomic_write_text
 
 OUTPUT_RGB = "rgb"
 OUTPUT_DECODED = "decoded"

@@ -39,10 +39,10 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from relsnerf_ns.image_files import HOW_TO_FIX, ImageFileError, ImageInfo, RelsNerfInputDataset
+from relsnerf_ns.data.image_files import HOW_TO_FIX, ImageFileError, ImageInfo, RelsNerfInputDataset
+from relsnerf_ns.data.metadata_keys import SPARSE_DEPTH_KEY
 from relsnerf_ns.known_warnings import silence_known_warnings
-from relsnerf_ns.latent_rays import latent_ray_bundle
-from relsnerf_ns.metadata_keys import SPARSE_DEPTH_KEY
+from relsnerf_ns.rendering.latent_rays import latent_ray_bundle
 
 
 @dataclass

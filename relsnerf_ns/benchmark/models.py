@@ -36,8 +36,8 @@ from nerfstudio.plugins.types import MethodSpecification
 from nerfstudio.utils.eval_utils import eval_load_checkpoint
 
 from relsnerf_ns.autoencoders import StableDiffusionVAEConfig, TinyAutoencoderConfig
-from relsnerf_ns.offline_nerfacto import OfflineNerfactoModelConfig
-from relsnerf_ns.phases import PhaseScheduleConfig
+from relsnerf_ns.model.offline_nerfacto import OfflineNerfactoModelConfig
+from relsnerf_ns.training.phases import PhaseScheduleConfig
 
 ModelName = Literal[
     "nerfacto",
@@ -168,7 +168,7 @@ def make_dataparser(name: DataParserName, data: Path, downscale_factor: Optional
         config: DataParserConfig = NerfstudioDataParserConfig(data=data)
     elif name == "llff-data":
         try:  # imported here: the LLFF parser is optional for nerfstudio-data scenes
-            from relsnerf_ns.llff_dataparser import LLFFDataParserConfig
+            from relsnerf_ns.data.llff_dataparser import LLFFDataParserConfig
         except ImportError as error:
             raise BenchmarkError(f"the llff-data dataparser cannot be imported: {error}") from error
         config = LLFFDataParserConfig(data=data)
@@ -225,7 +225,7 @@ def build_config(model: ModelSpec, build: ModelBuild) -> TrainerConfig:
 def _nerfacto_config(build: ModelBuild) -> TrainerConfig:
     from nerfstudio.configs.method_configs import method_configs
 
-    from relsnerf_ns.relsnerf_field import resolve_implementation
+    from relsnerf_ns.model.relsnerf_field import resolve_implementation
 
     config = copy.deepcopy(method_configs["nerfacto"])
     config.max_num_iterations = build.budget.steps_for(MODEL_SPECS["nerfacto"])["B"]

@@ -52,7 +52,7 @@ from jaxtyping import Bool, Float
 from nerfstudio.cameras.cameras import Cameras, CameraType
 from torch import Tensor
 
-from relsnerf_ns.image_metrics import psnr_from_mse
+from relsnerf_ns.evaluation.image_metrics import psnr_from_mse
 
 DepthKind = Literal["ray", "z"]
 Sampling = Literal["bilinear", "nearest"]

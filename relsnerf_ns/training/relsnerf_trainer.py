@@ -46,9 +46,9 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from torch.profiler import record_function
 
 from relsnerf_ns.known_warnings import silence_known_warnings
-from relsnerf_ns.relsnerf_pipeline import RelsNerfPipeline, RelsNerfPipelineConfig
-from relsnerf_ns.rng_state import RngSnapshot, capture_rng_state, restore_rng_state, snapshot_rng_state
-from relsnerf_ns.schedulers import PhasedSchedulerConfig
+from relsnerf_ns.training.relsnerf_pipeline import RelsNerfPipeline, RelsNerfPipelineConfig
+from relsnerf_ns.training.rng_state import RngSnapshot, capture_rng_state, restore_rng_state, snapshot_rng_state
+from relsnerf_ns.training.schedulers import PhasedSchedulerConfig
 
 DISTILL_RENDER_DIR = "distill_renders"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)

@@ -11,14 +11,14 @@ or in separate steps, each of which fits a 10-minute GPU command (see docs/bench
 
 What is measured:
 
-- training (`benchmark_train.py`): every model on the same data and split, ReLS-NeRF through phases A, B, C, nerfacto
+- training (`train.py`): every model on the same data and split, ReLS-NeRF through phases A, B, C, nerfacto
   for as many steps as phase B; wall time per phase, peak GPU memory;
-- evaluation (`benchmark_eval.py`): PSNR, SSIM, FLIP and LPIPS (when its AlexNet weights are in the torch cache) on
+- evaluation (`evaluate.py`): PSNR, SSIM, FLIP and LPIPS (when its AlexNet weights are in the torch cache) on
   the held-out views for each output (nerfacto: `rgb`; ReLS-NeRF: `decoded` and its colour NeRF `rgb_nerf`), and RCC on
-  an LLFF-style spiral video (`benchmark_spiral.py`);
+  an LLFF-style spiral video (`spiral.py`);
 - timing: the median full-resolution render time per frame of every output of every model, measured in one process
   on the same cameras, so the speed-up ratios compare like with like;
-- report (`benchmark_report.py`): `benchmark.md` (Tables 1 and 2), `benchmark.json` (every figure),
+- report (`report.py`): `benchmark.md` (Tables 1 and 2), `benchmark.json` (every figure),
   `benchmark_speed_quality.png`.
 
 Folder layout: OUT/runs/<model>/<method>/bench/ (nerfstudio runs: config.yml, checkpoints, tensorboard logs),
@@ -42,9 +42,15 @@ import tyro
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from relsnerf_ns.atomic_files import atomic_write_text
-from relsnerf_ns.benchmark_eval import RCCDepth, held_out_quality, plain_path_psnr, spiral_for, spiral_rcc, time_model
-from relsnerf_ns.benchmark_models import (
+from relsnerf_ns.benchmark.evaluate import (
+    RCCDepth,
+    held_out_quality,
+    plain_path_psnr,
+    spiral_for,
+    spiral_rcc,
+    time_model,
+)
+from relsnerf_ns.benchmark.models import (
     DEFAULT_MODELS,
     MODEL_ORDER,
     BenchmarkError,
@@ -60,7 +66,7 @@ from relsnerf_ns.benchmark_models import (
     make_dataparser,
     spec,
 )
-from relsnerf_ns.benchmark_report import (
+from relsnerf_ns.benchmark.report import (
     BenchmarkReport,
     ModelResult,
     QualityMetrics,
@@ -69,11 +75,12 @@ from relsnerf_ns.benchmark_report import (
     format_number,
     write_report,
 )
-from relsnerf_ns.benchmark_spiral import evenly_spaced
-from relsnerf_ns.benchmark_train import ConfigTransform, FitRecord, train_model
-from relsnerf_ns.hash_grid_kernel import use_fused_hash_grids
-from relsnerf_ns.image_metrics import OfflineLPIPS
-from relsnerf_ns.out_of_memory import free_cached_memory
+from relsnerf_ns.benchmark.spiral import evenly_spaced
+from relsnerf_ns.benchmark.train import ConfigTransform, FitRecord, train_model
+from relsnerf_ns.data.atomic_files import atomic_write_text
+from relsnerf_ns.evaluation.image_metrics import OfflineLPIPS
+from relsnerf_ns.rendering.hash_grid_kernel import use_fused_hash_grids
+from relsnerf_ns.rendering.out_of_memory import free_cached_memory
 
 SHARED_SETTINGS = ("data", "dataparser", "downscale_factor", "schedule", "nerf_steps", "seed")
 """Fit settings that must agree between the models of one benchmark for the comparison to be fair."""
