@@ -17,7 +17,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Literal, Optional
 
 import torch
 import tyro
@@ -43,6 +43,8 @@ class StepBenchmark(_Training):
     """Phase-B steps under the torch profiler (0: none), taken after the warm-up."""
     json_output: Optional[Path] = None
     """Also write the rates and the breakdown as JSON here."""
+    joint_pass: Literal["single", "separate"] = "single"
+    """Phase B's rays in one bundle, or one pass per kind of ray (the model's --pipeline.model.joint-pass)."""
 
 
 def main(options: StepBenchmark) -> Dict[str, object]:
@@ -51,6 +53,7 @@ def main(options: StepBenchmark) -> Dict[str, object]:
     config = options.model_config(model, Path(options.output_dir).resolve(), device)
     config.timestamp = "step"
     config.steps_per_save = 10**9
+    config.pipeline.model.joint_pass = options.joint_pass
     trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()
     schedule = trainer.pipeline.schedule
@@ -99,7 +102,11 @@ def main(options: StepBenchmark) -> Dict[str, object]:
         CONSOLE.print(f"phase {phase}: {rate:.1f} steps/s ({1000.0 / rate:.1f} ms per step)")
     if "table" in profiled:
         print(profiled["table"])
-    result = {"model": options.model, "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu"}
+    result = {
+        "model": options.model,
+        "joint_pass": options.joint_pass,
+        "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
+    }
     result.update({"steps_per_second": rates, "profile_table": profiled.get("table")})
     if options.json_output is not None:
         Path(options.json_output).write_text(json.dumps(result, indent=2))

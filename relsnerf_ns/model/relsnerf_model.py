@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from nerfstudio.cameras.camera_optimizers import CameraOptimizerConfig
 from nerfstudio.cameras.cameras import Cameras
-from nerfstudio.cameras.rays import RayBundle
+from nerfstudio.cameras.rays import RayBundle, RaySamples
 from nerfstudio.data.scene_box import OrientedBox
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.models.nerfacto import NerfactoModelConfig
@@ -130,6 +130,11 @@ class RelsNerfModelConfig(NerfactoModelConfig):
     """Spread of the DS-NeRF depth loss around each sparse point (nerfstudio's convention: exp(-d^2 / (2 sigma)))."""
     patch_loss_mult: float = 1.0
     """Weight of L_p, the MSE between image patches and decoded latent patches (paper: 1)."""
+    joint_pass: Literal["single", "separate"] = "single"
+    """How a phase-B step renders its rays. 'single': the colour rays, the latent patch's rays and the depth rays in
+    one bundle (one proposal sampling, one field pass), each loss on its own rays as with 'separate', which renders
+    them in three passes. The losses and gradients are the same; 'single' is faster where a step is bound by kernel
+    launches (on a GPU)."""
     latent_num_levels: int = 16
     """Hash grid levels of the latent branch."""
     latent_max_res: int = 2048
@@ -279,35 +284,72 @@ class RelsNerfModel(OfflineNerfactoModel):
 
     def _joint_step(self, train_batch: JointBatch):
         """Phase B: colour rays (with L_z when targets are set), depth rays, and the decoded latent patch (L_p)."""
-        ray_bundle, batch = train_batch.ray_bundle, train_batch.batch
-        with record_function("relsnerf/colour_rays"):
-            # Colour rays first: nerfacto's proposal sampler trains its networks on the first pass of a step. With
-            # L_z on, the same pass also renders the latent on these rays (get_loss_dict adds latent_loss).
-            outputs = self.forward(ray_bundle, latent=self.latent_targets is not None)
+        ray_bundle, batch = train_batch.ray_bundle, dict(train_batch.batch)
+        if isinstance(batch.get("image"), Tensor):
+            batch["image"] = batch["image"].to(self.device)  # once: nerfacto's metrics and losses each copy it
+        patches = batch["latent_patch"]
+        patches = list(patches) if isinstance(patches, (list, tuple)) else [patches]
+        n = patches[0].latent_size  # several patches (a union of batches) have one size
+        patch_rays = [p.ray_bundle.flatten().to(self.device) for p in patches]
+        with record_function("relsnerf/data"):
+            target = torch.stack([p.image for p in patches]).to(self.device)
+        depth = batch.get("depth_rays")
+        if self.config.joint_pass == "single":
+            outputs, patch_latent, depth_outputs = self._render_joint_rays(ray_bundle, patch_rays, depth)
+        else:
+            outputs, patch_latent, depth_outputs = self._render_joint_rays_separately(ray_bundle, patch_rays, depth)
+        with record_function("relsnerf/losses"):
             metrics = self.get_metrics_dict(outputs, batch)
             loss_dict = self.get_loss_dict(outputs, batch, metrics)
-        if "depth_rays" in batch:
-            with record_function("relsnerf/depth_rays"):
-                depth_bundle, distance, weight = batch["depth_rays"]
-                depth_outputs = self.forward(depth_bundle)
+            if depth is not None:
+                _, distance, weight = depth
                 loss_dict["depth_loss"] = self.config.depth_loss_weight() * self.get_depth_loss(
                     depth_outputs, distance.to(self.device), weight.to(self.device)
                 )
-        with record_function("relsnerf/latent_patch"):
-            patch = batch["latent_patch"]
-            if isinstance(patch, (list, tuple)):  # several patches of one size (a union of batches): one render
-                n = patch[0].latent_size
-                bundle = cat_dataclasses([p.ray_bundle.flatten() for p in patch]).to(self.device)
-                latent = self.render_latents(bundle)["latent"].view(len(patch), n, n, -1)
-                target = torch.stack([p.image for p in patch]).to(self.device)
-            else:
-                n = patch.latent_size
-                latent = self.render_latents(patch.ray_bundle.flatten().to(self.device))["latent"].view(n, n, -1)
-                target = patch.image.to(self.device)
-            patch_mse = F.mse_loss(self.decode_latent_map(latent), target)
+        with record_function("relsnerf/latent_patch_decoder"):
+            patch_mse = F.mse_loss(self.decode_latent_map(patch_latent.view(len(patches), n, n, -1)), target)
         loss_dict["patch_loss"] = self.config.patch_loss_mult * patch_mse
         metrics["patch_psnr"] = psnr_from_mse(patch_mse.detach(), 1e-10)
         return outputs, loss_dict, metrics
+
+    def _render_joint_rays(
+        self, colour_rays: RayBundle, patch_rays: List[RayBundle], depth: Optional[Tuple[RayBundle, Tensor, Tensor]]
+    ) -> Tuple[Dict[str, Any], Tensor, Optional[Dict[str, Any]]]:
+        """One pass over colour, latent-patch and depth rays: (colour rays' outputs, with their latents when L_z is
+        on; the patch rays' latents; the depth rays' outputs). Each part's outputs are those rays' rows of the
+        joint outputs, so nerfacto's interlevel and distortion losses see the colour rays alone, as in the separate
+        passes; the patch rays' weights are detached (L_p reaches the latent field and the decoder only)."""
+        parts = [colour_rays.flatten(), *patch_rays] + ([depth[0].to(self.device)] if depth is not None else [])
+        sizes = [len(part) for part in parts]
+        with record_function("relsnerf/joint_rays"):
+            joint = self.forward(cat_dataclasses(parts))
+            n_colour, n_patch = sizes[0], sum(sizes[1 : 1 + len(patch_rays)])
+            with_latent = n_colour + n_patch
+            # z only where a loss needs it: the colour rays (L_z) and the patch rays (L_p).
+            first = 0 if self.latent_targets is not None else n_colour
+            latent = self._composite_latent(
+                joint["ray_samples_list"][-1][first:with_latent], joint["weights_list"][-1][first:with_latent]
+            )
+        outputs = rows_of(joint, 0, n_colour)
+        if self.latent_targets is not None:
+            outputs["latent"] = latent[:n_colour]
+        depth_outputs = rows_of(joint, with_latent, sum(sizes)) if depth is not None else None
+        return outputs, latent[-n_patch:], depth_outputs
+
+    def _render_joint_rays_separately(
+        self, colour_rays: RayBundle, patch_rays: List[RayBundle], depth: Optional[Tuple[RayBundle, Tensor, Tensor]]
+    ) -> Tuple[Dict[str, Any], Tensor, Optional[Dict[str, Any]]]:
+        """The same outputs as `_render_joint_rays`, from one pass per kind of ray."""
+        with record_function("relsnerf/colour_rays"):
+            # Colour rays first: nerfacto's proposal sampler trains its networks on the first pass of a step.
+            outputs = self.forward(colour_rays, latent=self.latent_targets is not None)
+        depth_outputs = None
+        if depth is not None:
+            with record_function("relsnerf/depth_rays"):
+                depth_outputs = self.forward(depth[0].to(self.device))
+        with record_function("relsnerf/latent_patch"):
+            patch_latent = self.render_latents(cat_dataclasses(patch_rays))["latent"]
+        return outputs, patch_latent, depth_outputs
 
     def _distill_step(self, train_batch: DistillBatch):
         """Phase C (eq. 4): decoder MSE on crops of cached latent maps, real images and renders weighted apart."""
@@ -329,10 +371,14 @@ class RelsNerfModel(OfflineNerfactoModel):
         if latent:
             if not self.training:
                 raise RuntimeError("latents on colour rays are a training output (render_latents renders them)")
-            samples, weights = outputs["ray_samples_list"][-1], outputs["weights_list"][-1]
-            z = self.field.get_latent(samples)
-            outputs["latent"] = torch.sum(weights.detach() * z, dim=-2)
+            outputs["latent"] = self._composite_latent(outputs["ray_samples_list"][-1], outputs["weights_list"][-1])
         return outputs
+
+    def _composite_latent(
+        self, samples: RaySamples, weights: Float[Tensor, "rays samples 1"]
+    ) -> Float[Tensor, "rays latent_channels"]:
+        """z composited with the colour NeRF's weights, detached: a latent loss reaches the latent branch only."""
+        return torch.sum(weights.detach() * self.field.get_latent(samples), dim=-2)
 
     def render_latents(self, ray_bundle: RayBundle, with_colour: bool = False) -> Dict[str, Tensor]:
         """Volume-render z (eq. 1) with the colour NeRF's weights, detached so L_p never reaches density/proposals.
@@ -555,3 +601,16 @@ def upsample_latent_grid(grid: Float[Tensor, "rows cols c"], height: int, width:
     # Contiguous: cropping the width of the channels-last view leaves strides that `.view` (nerfstudio's PCA colour
     # map of the latent output, in evaluation and the viewer) cannot flatten.
     return up.permute(1, 2, 0)[:height, :width].contiguous()
+
+
+def rows_of(outputs: Dict[str, Any], start: int, end: int) -> Dict[str, Any]:
+    """Rays [start, end) of a flat bundle's training outputs: tensors and the per-level lists of weights and samples."""
+    rows: Dict[str, Any] = {}
+    for key, value in outputs.items():
+        if isinstance(value, list):
+            rows[key] = [item[start:end] for item in value]
+        elif isinstance(value, Tensor):
+            rows[key] = value[start:end]
+        else:
+            rows[key] = value
+    return rows
