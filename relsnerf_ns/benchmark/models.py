@@ -90,6 +90,18 @@ class ModelSpec:
         return self.name[: -len(PAPER_RECIPE_SUFFIX)] if self.recipe == "paper" else self.name
 
     @property
+    def autoencoder(self) -> Optional[Literal["sd", "r32", "tiny"]]:
+        """The short name of the method's autoencoder ('sd', 'r32', 'tiny', as the report writes it); None for
+        nerfacto."""
+        method = self.method
+        if method is None:
+            return None
+        autoencoder = relsnerf_method(method).config.pipeline.model.autoencoder
+        if isinstance(autoencoder, StableDiffusionVAEConfig):
+            return "sd"
+        return "tiny" if isinstance(autoencoder, TinyAutoencoderConfig) else "r32"
+
+    @property
     def phases(self) -> PhaseScheduleConfig:
         """The method's phase schedule (which preset row applies: pretrained decoders 'sd', from scratch 'r32');
         nerfacto's, whose training is phase B, is the default schedule's."""
