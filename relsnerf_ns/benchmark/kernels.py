@@ -32,6 +32,7 @@ from nerfstudio.field_components.encodings import HashEncoding
 from relsnerf_ns.evaluation.image_metrics import psnr_from_mse
 from relsnerf_ns.evaluation.render_timing import median_call_ms, synchronize
 from relsnerf_ns.rendering.hash_grid_kernel import kernels_available, use_fused_hash_grids
+from relsnerf_ns.rendering.out_of_memory import free_cached_memory
 
 
 def _median_ms(function: Callable[[], object], device: str, repeats: int, warmup: int = 3) -> float:
@@ -197,7 +198,7 @@ def _nerfacto_row(config_path: Path, device: str, cameras: List) -> Dict[str, ob
         )
         peak = _peak_mb(lambda: render(cameras[0]), device)
     del pipeline
-    torch.cuda.empty_cache() if device.startswith("cuda") else None
+    free_cached_memory()
     return {"variant": "nerfacto (nerfstudio's lookups)", "ms_per_frame": ms, "peak_gpu_memory_mb": peak}
 
 
