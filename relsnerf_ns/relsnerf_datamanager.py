@@ -272,6 +272,11 @@ class RelsNerfDataManagerConfig(VanillaDataManagerConfig):
     """Crops per phase-A step (paper: 3 for SD-VAE, 5 for R32)."""
     distill_crop_size: int = 512
     """Side of the phase-C crops of real images and RGB-NeRF renders (bounds decoder memory at full resolution)."""
+    images_on_gpu: bool = True
+    """Keep the training images on the training device (nerfstudio's flag; its default is False). Every phase-B
+    step samples pixels and cuts a patch from them: on the host, each step's copies to the GPU wait for the GPU's
+    queued work, so the host cannot run ahead. Costs 12 bytes per pixel of device memory (fern at 1008x756: 155 MB
+    for 20 images); turn it off for captures that do not fit."""
 
 
 class RelsNerfDataManager(VanillaDataManager):
@@ -451,7 +456,8 @@ class RelsNerfDataManager(VanillaDataManager):
         table = torch.cat(rows)
         table[:, 1:3] *= scale
         CONSOLE.print(f"DS-NeRF depth loss on: {len(table)} sparse points over {len(rows)} training images.")
-        return table[:, 0].long(), table[:, 1:]
+        device = self.train_cameras.device  # drawn from every step: kept where the rays are made
+        return table[:, 0].long().to(device), table[:, 1:].to(device)
 
     # ------------------------------------------------------------------ phase A
     def next_ae_batch(self, step: int) -> Float[Tensor, "batch 3 size size"]:
@@ -475,12 +481,10 @@ class RelsNerfDataManager(VanillaDataManager):
         if self.sparse_depth is None:
             return None
         camera_indices, points = self.sparse_depth
-        chosen = torch.randint(len(points), (self.config.depth_rays_per_batch,))
-        xy_depth_weight = points[chosen].to(self.train_cameras.device)
+        chosen = torch.randint(len(points), (self.config.depth_rays_per_batch,), device=points.device)
+        xy_depth_weight = points[chosen]
         coords = xy_depth_weight[:, [1, 0]]  # (y, x)
-        bundle = self.train_cameras.generate_rays(
-            camera_indices=camera_indices[chosen, None].to(self.train_cameras.device), coords=coords
-        )
+        bundle = self.train_cameras.generate_rays(camera_indices=camera_indices[chosen, None], coords=coords)
         # Sparse depth is z along the camera axis; rays are parametrised by distance, |d_unnormalised| = 1 / cos.
         distance = xy_depth_weight[:, 2:3] * bundle.metadata["directions_norm"]
         return bundle, distance, xy_depth_weight[:, 3:4]
