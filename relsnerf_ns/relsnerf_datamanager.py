@@ -261,6 +261,10 @@ class RelsNerfDataManagerConfig(VanillaDataManagerConfig):
     """Random rays per evaluation batch."""
     latent_patch_size: int = 32
     """Side of the phase-B latent patch in latent pixels (32 -> a 256x256 image patch); shrinks for small images."""
+    latent_patches_per_step: int = 1
+    """Latent patches per phase-B step (paper: 1), each from a random training image. L_p, through the decoder, is
+    the loss that makes the latent maps decode sharply; each patch adds latent_patch_size^2 latent rays to the
+    step's ray pass and one crop to the decoder's batch."""
     depth_rays_per_batch: int = 4096
     """Rays through sparse points per phase-B step for the DS-NeRF loss (paper: 4096) when the model's depth loss is
     on (--pipeline.model.depth-loss-mult); 0 turns the loss off."""
@@ -358,6 +362,7 @@ class RelsNerfDataManager(VanillaDataManager):
             ("ae-crop-size", config.ae_crop_size, MIN_PATCH),
             ("distill-crop-size", config.distill_crop_size, MIN_PATCH),
             ("ae-batch-size", config.ae_batch_size, 1),
+            ("latent-patches-per-step", config.latent_patches_per_step, 1),
         ):
             if value < minimum:
                 raise ValueError(f"{prefix}{flag} must be at least {minimum}, got {value}")
@@ -490,9 +495,13 @@ class RelsNerfDataManager(VanillaDataManager):
         return bundle, distance, xy_depth_weight[:, 3:4]
 
     def next_joint(self, step: int) -> Tuple[RayBundle, Dict]:
-        """Phase B: random rays with their colours, one latent patch, and sparse-depth rays when available."""
+        """Phase B: random rays with their colours, the latent patch (a list when several per step), and sparse-depth
+        rays when available."""
         ray_bundle, batch = self.next_train(step)
-        batch["latent_patch"] = self.next_latent_patch()
+        count = self.config.latent_patches_per_step
+        batch["latent_patch"] = (
+            self.next_latent_patch() if count == 1 else [self.next_latent_patch() for _ in range(count)]
+        )
         depth = self.next_depth_rays()
         if depth is not None:
             batch["depth_rays"] = depth
