@@ -41,6 +41,18 @@ def test_joint_batch_has_rays_and_a_patch(datamanager):
     assert "depth_rays" not in batch  # the nerfstudio dataparser gives no sparse depth
 
 
+def test_several_latent_patches_per_step_come_as_a_list(datamanager):
+    datamanager.config.latent_patches_per_step = 3
+    try:
+        _, batch = datamanager.next_joint(0)
+    finally:
+        datamanager.config.latent_patches_per_step = 1
+    patches = batch["latent_patch"]
+    assert isinstance(patches, list) and len(patches) == 3
+    assert all(p.ray_bundle.shape == (4, 4) and p.image.shape == (3, 32, 32) for p in patches)
+    assert len({(p.camera_index, p.top, p.left) for p in patches}) == 3  # drawn apart
+
+
 def test_autoencoder_crops(datamanager):
     crops = datamanager.next_ae_batch(0)
     assert crops.shape == (2, 3, 48, 48)  # 64 requested, shrunk to the 48-pixel image height

@@ -261,6 +261,10 @@ class RelsNerfDataManagerConfig(VanillaDataManagerConfig):
     """Random rays per evaluation batch."""
     latent_patch_size: int = 32
     """Side of the phase-B latent patch in latent pixels (32 -> a 256x256 image patch); shrinks for small images."""
+    latent_patches_per_step: int = 1
+    """Latent patches per phase-B step (paper: 1), each from a random training image. L_p, through the decoder, is
+    the loss that makes the latent maps decode sharply; each patch adds latent_patch_size^2 latent rays to the
+    step's ray pass and one crop to the decoder's batch."""
     depth_rays_per_batch: int = 4096
     """Rays through sparse points per phase-B step for the DS-NeRF loss (paper: 4096) when the model's depth loss is
     on (--pipeline.model.depth-loss-mult); 0 turns the loss off."""
@@ -272,6 +276,11 @@ class RelsNerfDataManagerConfig(VanillaDataManagerConfig):
     """Crops per phase-A step (paper: 3 for SD-VAE, 5 for R32)."""
     distill_crop_size: int = 512
     """Side of the phase-C crops of real images and RGB-NeRF renders (bounds decoder memory at full resolution)."""
+    images_on_gpu: bool = True
+    """Keep the training images on the training device (nerfstudio's flag; its default is False). Every phase-B
+    step samples pixels and cuts a patch from them: on the host, each step's copies to the GPU wait for the GPU's
+    queued work, so the host cannot run ahead. Costs 12 bytes per pixel of device memory (fern at 1008x756: 155 MB
+    for 20 images); turn it off for captures that do not fit."""
 
 
 class RelsNerfDataManager(VanillaDataManager):
@@ -353,6 +362,7 @@ class RelsNerfDataManager(VanillaDataManager):
             ("ae-crop-size", config.ae_crop_size, MIN_PATCH),
             ("distill-crop-size", config.distill_crop_size, MIN_PATCH),
             ("ae-batch-size", config.ae_batch_size, 1),
+            ("latent-patches-per-step", config.latent_patches_per_step, 1),
         ):
             if value < minimum:
                 raise ValueError(f"{prefix}{flag} must be at least {minimum}, got {value}")
@@ -451,7 +461,8 @@ class RelsNerfDataManager(VanillaDataManager):
         table = torch.cat(rows)
         table[:, 1:3] *= scale
         CONSOLE.print(f"DS-NeRF depth loss on: {len(table)} sparse points over {len(rows)} training images.")
-        return table[:, 0].long(), table[:, 1:]
+        device = self.train_cameras.device  # drawn from every step: kept where the rays are made
+        return table[:, 0].long().to(device), table[:, 1:].to(device)
 
     # ------------------------------------------------------------------ phase A
     def next_ae_batch(self, step: int) -> Float[Tensor, "batch 3 size size"]:
@@ -475,20 +486,22 @@ class RelsNerfDataManager(VanillaDataManager):
         if self.sparse_depth is None:
             return None
         camera_indices, points = self.sparse_depth
-        chosen = torch.randint(len(points), (self.config.depth_rays_per_batch,))
-        xy_depth_weight = points[chosen].to(self.train_cameras.device)
+        chosen = torch.randint(len(points), (self.config.depth_rays_per_batch,), device=points.device)
+        xy_depth_weight = points[chosen]
         coords = xy_depth_weight[:, [1, 0]]  # (y, x)
-        bundle = self.train_cameras.generate_rays(
-            camera_indices=camera_indices[chosen, None].to(self.train_cameras.device), coords=coords
-        )
+        bundle = self.train_cameras.generate_rays(camera_indices=camera_indices[chosen, None], coords=coords)
         # Sparse depth is z along the camera axis; rays are parametrised by distance, |d_unnormalised| = 1 / cos.
         distance = xy_depth_weight[:, 2:3] * bundle.metadata["directions_norm"]
         return bundle, distance, xy_depth_weight[:, 3:4]
 
     def next_joint(self, step: int) -> Tuple[RayBundle, Dict]:
-        """Phase B: random rays with their colours, one latent patch, and sparse-depth rays when available."""
+        """Phase B: random rays with their colours, the latent patch (a list when several per step), and sparse-depth
+        rays when available."""
         ray_bundle, batch = self.next_train(step)
-        batch["latent_patch"] = self.next_latent_patch()
+        count = self.config.latent_patches_per_step
+        batch["latent_patch"] = (
+            self.next_latent_patch() if count == 1 else [self.next_latent_patch() for _ in range(count)]
+        )
         depth = self.next_depth_rays()
         if depth is not None:
             batch["depth_rays"] = depth

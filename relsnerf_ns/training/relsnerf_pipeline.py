@@ -220,9 +220,10 @@ class RelsNerfPipeline(VanillaPipeline):
         for _ in range(self.config.distill_renders_per_step if renders.images else 0):
             index = int(torch.randint(len(renders.images), (1,)))
             crops.append(aligned_crop(renders.images[index], latents["renders"][index], size))
-        targets = torch.stack([image for image, _ in crops]).to(self.device)
+        # Real images may live on the device (--pipeline.datamanager.images-on-gpu), renders stay on the host.
+        targets = torch.stack([image.to(self.device) for image, _ in crops])
         with torch.no_grad():
-            latent_batch = torch.stack([latent for _, latent in crops]).to(self.device)
+            latent_batch = torch.stack([latent.to(self.device) for _, latent in crops])
         return DistillBatch(latent_batch, targets, 1, self.config.distill_real_weight)
 
     def ensure_distill_latents(self) -> Dict[str, List[torch.Tensor]]:

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Decoded-quality ablation on one LLFF scene with the standard commands (ns-train, ns-eval), one run at a time.
+#
+#   docs/scripts/ablation.sh DATA OUT TAEF2 [VARIANT ...]
+#   e.g. docs/scripts/ablation.sh data/fern outputs/ablation weights/taef2
+#
+# Phases A and B of each model are trained once with phase C off ("<model>B"); the phase-C variants continue from
+# that checkpoint (--load-dir), so they differ in phase C alone. Variants that change phase B train their own run.
+# Every run is evaluated with ns-eval (decoded and RGB-NeRF outputs on the held-out views); the table of all
+# results is written to OUT/ablation.md. Short preset, seed 42, as relsnerf-bench. Without VARIANT arguments every
+# variant below runs, in this order (about 45 minutes on one H200); name some to run only those (the B runs they
+# continue from run first when missing).
+set -u
+DATA=$1 OUT=$2 TAEF2=$3
+shift 3
+RUNS=$OUT/runs
+mkdir -p "$RUNS"
+TINY_WEIGHTS="--pipeline.model.autoencoder.encoder-weights $TAEF2/taef2_encoder.pth --pipeline.model.autoencoder.decoder-weights $TAEF2/taef2_decoder.pth"
+COMMON="--machine.seed 42 --vis tensorboard --steps-per-eval-batch 1000000 --steps-per-eval-image 1000000
+  --steps-per-eval-all-images 1000000 --steps-per-save 1000000 --logging.local-writer.enable False
+  --pipeline.phases.preset short"
+SCENE="llff-data --data $DATA --downscale-factor 4"
+
+log() { echo "=== $(date +%T) $*" | tee -a "$OUT/progress.log"; }
+config_of() { ls "$RUNS"/"$1"/*/run/config.yml 2>/dev/null | head -n 1; }
+
+train() {  # name method args...
+    local name=$1 method=$2
+    shift 2
+    [ -n "$(config_of "$name")" ] && [ -e "$OUT/eval_$name.json" ] && return
+    log "train $name"
+    # shellcheck disable=SC2086
+    ns-train "$method" --output-dir "$RUNS" --experiment-name "$name" --timestamp run $COMMON "$@" $SCENE \
+        > "$OUT/train_$name.log" 2>&1
+    log "trained $name (exit $?)"
+    log "evaluate $name"
+    ns-eval --load-config "$(config_of "$name")" --output-path "$OUT/eval_$name.json" \
+        --render-output-path "$OUT/images_$name" > "$OUT/eval_$name.log" 2>&1
+    log "evaluated $name (exit $?)"
+}
+from_b() { echo "--load-dir $RUNS/$1/$2/run/nerfstudio_models"; }
+
+tinyB() { train tinyB relsnerf-tiny $TINY_WEIGHTS --pipeline.phases.distill-steps 0; }
+r32B() { train r32B relsnerf-r32 --pipeline.phases.distill-steps 0; }
+# shellcheck disable=SC2046  # the --load-dir words are meant to split
+tiny_c_short() { tinyB; train tiny_c_short relsnerf-tiny $TINY_WEIGHTS $(from_b tinyB relsnerf-tiny); }
+tiny_c_paper() {
+    tinyB
+    train tiny_c_paper relsnerf-tiny $TINY_WEIGHTS --pipeline.phases.distill-steps 3000 \
+        --pipeline.num-distill-renders 512 $(from_b tinyB relsnerf-tiny)
+}
+r32_c_short() { r32B; train r32_c_short relsnerf-r32 $(from_b r32B relsnerf-r32); }
+r32_c_large_crops() {
+    r32B
+    train r32_c_large_crops relsnerf-r32 --pipeline.datamanager.distill-crop-size 1024 $(from_b r32B relsnerf-r32)
+}
+r32_c_paper() {
+    r32B
+    train r32_c_paper relsnerf-r32 --pipeline.phases.distill-steps 10000 --pipeline.num-distill-renders 512 \
+        $(from_b r32B relsnerf-r32)
+}
+tiny_four_patches() { train tiny_four_patches relsnerf-tiny $TINY_WEIGHTS --pipeline.datamanager.latent-patches-per-step 4; }
+tiny_lz_tenth() { train tiny_lz_tenth relsnerf-tiny $TINY_WEIGHTS --pipeline.model.latent-loss-mult 0.1; }
+tiny_paper_recipe() { train tiny_paper_recipe relsnerf-tiny $TINY_WEIGHTS --pipeline.model.recipe paper; }
+
+VARIANTS=("$@")
+[ ${#VARIANTS[@]} -eq 0 ] && VARIANTS=(tiny_c_short tiny_c_paper r32_c_short r32_c_large_crops tiny_four_patches
+    tiny_lz_tenth r32_c_paper tiny_paper_recipe)
+for variant in "${VARIANTS[@]}"; do "$variant"; done
+
+python3 - "$OUT" <<'EOF'
+import json, sys
+from pathlib import Path
+
+out = Path(sys.argv[1])
+rows = ["| run | decoded PSNR | SSIM | FLIP | RGB-NeRF PSNR | SSIM | FLIP | decoded ms/frame |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+for path in sorted(out.glob("eval_*.json")):
+    r = json.loads(path.read_text())["results"]
+    rows.append(
+        f"| {path.stem[5:]} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r.get('flip', float('nan')):.3f} | "
+        f"{r['psnr_rgb_nerf']:.2f} | {r['ssim_rgb_nerf']:.3f} | {r.get('flip_rgb_nerf', float('nan')):.3f} | "
+        f"{r['ms_per_frame']:.1f} |"
+    )
+(out / "ablation.md").write_text("\n".join(rows) + "\n")
+print("\n".join(rows))
+EOF
