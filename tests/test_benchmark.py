@@ -137,6 +137,12 @@ def check_report(output: Path, paths: Dict[str, Path]) -> Dict:
         decoded = evaluation["quality"]["decoded"]
         assert decoded["psnr_plain_path"] == pytest.approx(decoded["psnr"], abs=0.01), name
     assert markdown.count("through the plain path (float32, chunked)") == 2
+    # Records name the scene and the weights by folder name, never by a path of the machine that measured them.
+    for record in (output / "results").glob("*.json"):
+        text = record.read_text()
+        assert str(Path.home()) not in text and "/tmp/" not in text and str(output) not in text, record.name
+    settings = json.loads((output / "results" / "relsnerf-tiny.fit.json").read_text())["settings"]
+    assert "/" not in settings["data"] and "/" not in settings["weights"]
     return report
 
 

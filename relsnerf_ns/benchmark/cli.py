@@ -31,6 +31,7 @@ Python API (the tests use it to shrink the models): `Train(...).run(config_trans
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import sys
 from dataclasses import dataclass
@@ -81,6 +82,20 @@ from relsnerf_ns.data.atomic_files import atomic_write_text
 from relsnerf_ns.evaluation.image_metrics import OfflineLPIPS
 from relsnerf_ns.rendering.hash_grid_kernel import use_fused_hash_grids
 from relsnerf_ns.rendering.out_of_memory import free_cached_memory
+
+
+def location_setting(path: Path) -> str:
+    """How a record names a scene or weight folder: its name and a digest of its absolute path ("fern#1a2b3c4d").
+    Records then say which scene they measured without writing a machine's paths, and two folders of one name
+    (another scene called fern) still count as different settings."""
+    resolved = Path(path).resolve()
+    return f"{resolved.name}#{hashlib.sha1(str(resolved).encode()).hexdigest()[:8]}"
+
+
+def location_name(setting: object) -> str:
+    """The folder name of a `location_setting` (or of an absolute path, as older records stored)."""
+    return Path(str(setting).split("#")[0]).name
+
 
 SHARED_SETTINGS = ("data", "dataparser", "downscale_factor", "schedule", "nerf_steps", "seed")
 """Fit settings that must agree between the models of one benchmark for the comparison to be fair."""
@@ -198,7 +213,7 @@ class _Training:
     def settings(self, model: ModelSpec) -> Dict[str, object]:
         budget = self.budget()
         settings: Dict[str, object] = {
-            "data": str(Path(self.data).resolve()),
+            "data": location_setting(self.data),
             "dataparser": self.dataparser,
             "downscale_factor": self.downscale_factor,
             "schedule": self.schedule,
@@ -210,9 +225,9 @@ class _Training:
         if model.kind == "relsnerf":
             settings["num_distill_renders"] = self.num_distill_renders
         if model.autoencoder == "tiny":
-            settings["weights"] = str(Path(self.taef2_weights).resolve())
+            settings["weights"] = location_setting(self.taef2_weights)
         if model.autoencoder == "sd":
-            settings["weights"] = None if self.sd_vae_weights is None else str(Path(self.sd_vae_weights).resolve())
+            settings["weights"] = None if self.sd_vae_weights is None else location_setting(self.sd_vae_weights)
         return settings
 
     def model_config(self, model: ModelSpec, runs: Path, device: Literal["cuda", "cpu"]) -> TrainerConfig:
@@ -546,7 +561,7 @@ def collect_report(layout: Layout, command: str) -> BenchmarkReport:
     schedule += ")"
     video_frames = next((e["spiral"]["frames"] for e in evaluations.values()), 120)
     return BenchmarkReport(
-        scene=Path(str(first.settings["data"])).name,
+        scene=location_name(first.settings["data"]),
         resolution=resolution or (0, 0),
         schedule=schedule,
         machine=machine,
@@ -586,7 +601,7 @@ def _shared_notes(records: Dict[str, FitRecord], evaluations: Dict[str, Dict]) -
     first_name, first = next(iter(records.items()))
     settings = first.settings
     notes.append(
-        f"Data: {settings['data']} read by {settings['dataparser']}"
+        f"Data: {location_name(settings['data'])} read by {settings['dataparser']}"
         + (f" with downscale factor {settings['downscale_factor']}" if settings["downscale_factor"] else "")
         + f"; the dataparser's own train/eval split; seed {settings['seed']}."
     )
