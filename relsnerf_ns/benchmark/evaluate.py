@@ -20,11 +20,12 @@ edges) and skips the per-pixel render, so the `"rgb_nerf"` RCC is not computed.
 from __future__ import annotations
 
 import functools
-from typing import Dict, List, Literal, Optional, Tuple
+from typing import Any, Callable, Dict, List, Literal, Optional, Tuple
 
 import numpy as np
 import torch
 from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.pipelines.base_pipeline import Pipeline
 from nerfstudio.utils.rich_utils import CONSOLE, get_progress
 from torch import Tensor
@@ -241,18 +242,14 @@ def inference_details(model, device: str) -> Dict[str, object]:
 def decoded_breakdown_ms(model, cameras: List[Cameras], device: str) -> Dict[str, float]:
     """Median ms per stage of the decoded path over the cameras, each stage timed on its own in an eager frame.
 
-    Uses the fast renderer's `stage_times` (ray generation, proposal sampling, field, compositing, decoding) when the
+    Uses `stage_times` on the fast renderer (ray generation, proposal sampling, field, compositing, decoding) when the
     model has one, else the plain path's two stages (latent render, decode). Stages timed apart add up to a little
     more than a frame rendered in one go, and a frame replayed as a CUDA graph takes less than their sum.
     """
     renderer = getattr(model, "frame_renderer", None)
     stages: Dict[str, List[float]] = {}
-    try:
-        from relsnerf_ns.rendering.fast_render import stage_times
-    except ImportError:
-        stage_times = None  # type: ignore[assignment]
     for camera in cameras:
-        if renderer is not None and stage_times is not None:
+        if renderer is not None:
             seconds = stage_times(renderer, camera, lambda function: timed(function, device)[1])
         else:
             low, latent_seconds = timed(lambda: model.render_latent_frame(camera), device)
@@ -261,3 +258,38 @@ def decoded_breakdown_ms(model, cameras: List[Cameras], device: str) -> Dict[str
         for stage, value in seconds.items():
             stages.setdefault(stage, []).append(value)
     return {stage: median_ms(values) for stage, values in stages.items()}
+
+
+def stage_times(renderer: Any, camera: Cameras, timer: Callable[[Callable[[], object]], float]) -> Dict[str, float]:
+    """Seconds per stage of one eager frame: ray generation, proposal sampling, field, compositing, decoding.
+
+    `timer(fn)` returns the device-synchronised seconds of `fn()` (e.g. a median over repeats). Stages are timed
+    separately, so the sum is a little above the time of a frame rendered in one go.
+    """
+    model = renderer.model
+    times: Dict[str, float] = {}
+    with torch.no_grad():
+        times["ray_generation"] = timer(lambda: renderer.latent_rays(camera))
+        bundle = renderer.latent_rays(camera).flatten()
+        times["proposal_sampling"] = timer(lambda: model.proposal_sampler(bundle, density_fns=model.density_fns))
+        samples, _, _ = model.proposal_sampler(bundle, density_fns=model.density_fns)
+
+        def field():
+            return model.field.forward(samples), model.field.get_latent(samples)
+
+        times["field"] = timer(field)
+        field_outputs, z = field()
+
+        def composite():
+            weights = samples.get_weights(field_outputs[FieldHeadNames.DENSITY])
+            return (
+                torch.sum(weights * z, dim=-2),
+                model.renderer_rgb(rgb=field_outputs[FieldHeadNames.RGB], weights=weights),
+                model.renderer_depth(weights=weights, ray_samples=samples),
+                model.renderer_accumulation(weights=weights),
+            )
+
+        times["compositing"] = timer(composite)
+        latent = composite()[0].reshape(*renderer.latent_rays(camera).shape, -1)
+        times["decoding"] = timer(lambda: renderer.decode(latent))
+    return times

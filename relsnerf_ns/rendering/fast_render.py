@@ -23,7 +23,6 @@ from jaxtyping import Float
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.scene_box import OrientedBox
-from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
@@ -295,40 +294,3 @@ def _bundle_tensors(bundle: RayBundle) -> Dict[str, Tensor]:
         "fars": bundle.fars,
         "directions_norm": norm,
     }
-
-
-def stage_times(
-    renderer: LatentFrameRenderer, camera: Cameras, timer: Callable[[Callable[[], object]], float]
-) -> Dict[str, float]:
-    """Seconds per stage of one eager frame: ray generation, proposal sampling, field, compositing, decoding.
-
-    `timer(fn)` returns the device-synchronised seconds of `fn()` (e.g. a median over repeats). Stages are timed
-    separately, so the sum is a little above the time of a frame rendered in one go.
-    """
-    model = renderer.model
-    times: Dict[str, float] = {}
-    with torch.no_grad():
-        times["ray_generation"] = timer(lambda: renderer.latent_rays(camera))
-        bundle = renderer.latent_rays(camera).flatten()
-        times["proposal_sampling"] = timer(lambda: model.proposal_sampler(bundle, density_fns=model.density_fns))
-        samples, _, _ = model.proposal_sampler(bundle, density_fns=model.density_fns)
-
-        def field():
-            return model.field.forward(samples), model.field.get_latent(samples)
-
-        times["field"] = timer(field)
-        field_outputs, z = field()
-
-        def composite():
-            weights = samples.get_weights(field_outputs[FieldHeadNames.DENSITY])
-            return (
-                torch.sum(weights * z, dim=-2),
-                model.renderer_rgb(rgb=field_outputs[FieldHeadNames.RGB], weights=weights),
-                model.renderer_depth(weights=weights, ray_samples=samples),
-                model.renderer_accumulation(weights=weights),
-            )
-
-        times["compositing"] = timer(composite)
-        latent = composite()[0].reshape(*renderer.latent_rays(camera).shape, -1)
-        times["decoding"] = timer(lambda: renderer.decode(latent))
-    return times
