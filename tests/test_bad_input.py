@@ -389,7 +389,7 @@ def test_ns_render_of_a_run_without_held_out_images_uses_the_training_cameras(ru
     from nerfstudio.scripts.render import RenderCameraPath, RenderInterpolated, SpiralRender
     from nerfstudio.utils.eval_utils import eval_setup
 
-    from .test_commands import write_camera_path
+    from .scene_writers import write_camera_path
 
     common = dict(load_config=run_without_held_out_images, output_format="images", image_format="png")
     SpiralRender(output_path=tmp_path / "spiral.mp4", seconds=0.25, frame_rate=8, **common).main()

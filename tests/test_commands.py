@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from .conftest import VENV_BIN
+from .scene_writers import write_camera_path
 
 
 @pytest.fixture(scope="module")
@@ -54,30 +55,6 @@ def video_frames(video: Path, tmp_path: Path) -> List[np.ndarray]:
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(-10 * np.log10(np.mean((a - b) ** 2) + 1e-12))
-
-
-def write_camera_path(path: Path, pipeline, width: int, height: int) -> List[torch.Tensor]:
-    """A camera path in the viewer's format through three training cameras (world = nerfstudio's frame)."""
-    cameras = pipeline.datamanager.train_dataset.cameras
-    poses, keyframes = [], []
-    for index in (0, 3, 6):
-        c2w = torch.eye(4)
-        c2w[:3] = cameras.camera_to_worlds[index]
-        fov = math.degrees(2 * math.atan(float(cameras.height[index]) / (2 * float(cameras.fy[index]))))
-        keyframes.append({"camera_to_world": c2w.flatten().tolist(), "fov": fov, "aspect": width / height})
-        poses.append(c2w)
-    path.write_text(
-        json.dumps(
-            {
-                "camera_type": "perspective",
-                "render_width": width,
-                "render_height": height,
-                "seconds": 3,
-                "camera_path": keyframes,
-            }
-        )
-    )
-    return poses
 
 
 def test_ns_eval_reports_quality_and_speed_side_by_side(trained_run, tmp_path, offline_env):

@@ -14,7 +14,7 @@ from relsnerf_ns.rendering.latent_rays import latent_ray_bundle
 from relsnerf_ns.training.phases import Phase
 
 from .conftest import camera, tiny_config
-from .test_llff_dataparser import write_llff_scene
+from .scene_writers import write_llff_scene
 
 
 @pytest.fixture(scope="module")
