@@ -1,26 +1,44 @@
 """`make demo`: make a procedural scene, train relsnerf-r32 through phases A, B and C, render a video, evaluate.
 
-Uses the standard commands (ns-train, ns-render, ns-eval) exactly as a user would. The schedule and field sizes are
-small so the whole demo fits in about 6 minutes on 2 CPU cores (plus the first set-up); on a GPU it uses the GPU.
+Uses the standard commands (ns-train, ns-render, ns-eval) exactly as a user would, and prints each command line. The
+scene, field sizes and schedule are chosen so that the whole demo fits in 10 minutes on 2 CPU cores (after set-up)
+and the held-out decoded images are recognisable; on a GPU it uses the GPU (same schedule, `--steps` trains longer).
 
-    python -m relsnerf_ns.demo [--output demo_output] [--steps A B C]
+    python -m relsnerf_ns.demo [--output demo_output] [--steps A B C] [--distill-renders N] [NS-TRAIN OPTIONS ...]
+
+Options it does not know are passed on to ns-train (before the dataparser), e.g. `--pipeline.model.num-levels 16`.
+Writes, in --output: the scene (scene/), the run (runs/), `spiral.mp4` (decoded | RGB-NeRF), `metrics.json` (ns-eval),
+`side_by_side.png` (ground truth | decoded | RGB-NeRF of one held-out view) and the evaluation images (eval_images/).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import List, Optional, Sequence
 
 import torch
+from PIL import Image, ImageDraw
 
-from relsnerf_ns.demo_scene import write_demo_scene
+from relsnerf_ns.demo_scene import held_out_views, write_demo_scene
+from relsnerf_ns.phases import PAPER_STEPS
 
 BIN = Path(sys.executable).parent
+
+# The scene: 32 views of 128x96 on a 70-degree arc; every 4th view (between training views) is held out: 24 train, 8
+# evaluate. Latent maps are 16x12.
+WIDTH, HEIGHT, VIEWS, HOLD_OUT_EVERY = 128, 96, 32, 4
+STEPS = (200, 900, 150)
+"""Phase lengths A, B, C of the demo."""
+AE_HALVINGS = 2
+"""Phase A halves the autoencoder's rate this many times (the paper: 6 times in 3000 steps, see `phase_a_lr_args`)."""
+DISTILL_RENDERS = 16
 
 
 def tool(name: str) -> str:
@@ -29,61 +47,124 @@ def tool(name: str) -> str:
     return str(local) if local.exists() else (shutil.which(name) or name)
 
 
-# Field and batch sizes for a CPU-sized demo (the paper's sizes are the method's defaults).
+# Field, batch and autoencoder sizes for a CPU-sized demo (the paper's sizes are the method's defaults).
 DEMO_ARGS = [
-    "--pipeline.model.num-levels", "8", "--pipeline.model.max-res", "512", "--pipeline.model.log2-hashmap-size", "15",
+    "--pipeline.model.num-levels", "10", "--pipeline.model.max-res", "256", "--pipeline.model.log2-hashmap-size", "15",
     "--pipeline.model.hidden-dim", "32", "--pipeline.model.hidden-dim-color", "32",
-    "--pipeline.model.num-proposal-samples-per-ray", "64", "32", "--pipeline.model.num-nerf-samples-per-ray", "24",
-    "--pipeline.model.latent-num-levels", "8", "--pipeline.model.latent-max-res", "512",
+    "--pipeline.model.num-proposal-samples-per-ray", "32", "16", "--pipeline.model.num-nerf-samples-per-ray", "16",
+    "--pipeline.model.latent-num-levels", "10", "--pipeline.model.latent-max-res", "256",
     "--pipeline.model.latent-log2-hashmap-size", "15", "--pipeline.model.latent-hidden-dim", "32",
+    "--pipeline.model.autoencoder.encoder-widths", "16", "32", "64", "128", "128",
+    "--pipeline.model.autoencoder.decoder-widths", "128", "128", "64", "32", "16",
     "--pipeline.datamanager.train-num-rays-per-batch", "1024", "--pipeline.datamanager.latent-patch-size", "8",
-    "--pipeline.datamanager.ae-crop-size", "64", "--pipeline.datamanager.ae-batch-size", "3",
-    "--pipeline.datamanager.distill-crop-size", "64", "--pipeline.num-distill-renders", "16",
+    "--pipeline.datamanager.ae-crop-size", "64", "--pipeline.datamanager.ae-batch-size", "4",
+    "--pipeline.datamanager.distill-crop-size", "64",
 ]  # fmt: skip
 
 
-def run(command: list, what: str) -> None:
+def phase_a_lr_args(steps_a: int, halvings: int = AE_HALVINGS) -> List[str]:
+    """The autoencoder's phase-A rate: 4e-4 halved `halvings` times, evenly over the phase.
+
+    Rate periods are given in the paper's phase-A steps (3000 for R32) and stretch with the phase, so the paper's
+    "halve every 500" halves six times whatever the phase length: in a phase A of a few hundred steps the rate is
+    down to 1/64 before the autoencoder has learnt much. The demo halves fewer times, at the same relative places."""
+    if steps_a <= 0 or halvings <= 0:
+        return []
+    period = max(1, round(PAPER_STEPS["r32"][0] / (halvings + 1)))  # paper-length steps
+    return [
+        arg
+        for group in ("ae-encoder", "ae-decoder")
+        for arg in (f"--optimizers.{group}.scheduler.phase-a.halve-every", str(period))
+    ]
+
+
+def run(command: Sequence, what: str) -> None:
     print(f"\n=== {what}\n$ {' '.join(map(str, command))}", flush=True)
     start = time.time()
     subprocess.run([str(c) for c in command], check=True)
     print(f"=== {what}: done in {time.time() - start:.0f} s", flush=True)
 
 
-def main() -> None:
+LABEL_HEIGHT = 18
+"""Pixels of the label strip above the side-by-side picture."""
+
+
+def side_by_side(eval_images: Path, output: Path, index: int, scale: int = 3) -> Optional[Path]:
+    """ns-eval's `img` of held-out view `index` (ground truth | decoded | RGB-NeRF, concatenated), enlarged and
+    labelled."""
+    image = eval_images / f"eval_img_{index:04d}.png"
+    if not image.exists():
+        return None
+    strip = Image.open(image).convert("RGB")
+    strip = strip.resize((strip.width * scale, strip.height * scale), Image.Resampling.NEAREST)
+    labelled = Image.new("RGB", (strip.width, strip.height + LABEL_HEIGHT), "white")
+    labelled.paste(strip, (0, LABEL_HEIGHT))
+    draw = ImageDraw.Draw(labelled)
+    panel = strip.width // 3
+    for column, label in enumerate(("ground truth (held out)", "decoded (ReLS-NeRF)", "RGB-NeRF")):
+        draw.text((column * panel + 4, 3), label, fill="black")
+    labelled.save(output)
+    return output
+
+
+def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, default=Path("demo_output"), help="folder for the scene and the run")
-    parser.add_argument("--steps", type=int, nargs=3, default=(40, 240, 40), metavar=("A", "B", "C"))
-    args = parser.parse_args()
+    parser.add_argument("--steps", type=int, nargs=3, default=STEPS, metavar=("A", "B", "C"), help="phase lengths")
+    parser.add_argument("--distill-renders", type=int, default=DISTILL_RENDERS, help="phase C's RGB-NeRF renders")
+    parser.add_argument("--views", type=int, default=VIEWS, help="views of the scene (every 4th is held out)")
+    parser.add_argument("--size", type=int, nargs=2, default=(WIDTH, HEIGHT), metavar=("W", "H"), help="image size")
+    parser.add_argument("--video-seconds", type=float, default=4.0, help="length of the spiral video")
+    args, ns_train_extra = parser.parse_known_args(argv)
+    start = time.time()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    scene = args.output / "scene"
-    if args.output.exists():
-        shutil.rmtree(args.output)
-    write_demo_scene(scene, width=128, height=96, num_views=16)
-    print(f"scene: 16 procedural views of 128x96 in {scene}; training on {device}")
+    output: Path = args.output
+    if output.exists():
+        shutil.rmtree(output)
+    scene = output / "scene"
+    width, height = args.size
+    write_demo_scene(scene, width=width, height=height, num_views=args.views, hold_out_every=HOLD_OUT_EVERY)
+    print(f"scene: {args.views} procedural views of {width}x{height} in {scene} (every {HOLD_OUT_EVERY}th held out)")
+    print(f"training on {device}")
     a, b, c = args.steps
     run(
-        [tool("ns-train"), "relsnerf-r32", "--output-dir", args.output / "runs", "--experiment-name", "demo",
+        [tool("ns-train"), "relsnerf-r32", "--output-dir", output / "runs", "--experiment-name", "demo",
          "--timestamp", "run", "--vis", "tensorboard", "--machine.device-type", device,
          "--pipeline.phases.ae-pretrain-steps", a, "--pipeline.phases.joint-steps", b,
-         "--pipeline.phases.distill-steps", c, "--steps-per-eval-image", 400, "--steps-per-eval-batch", 400,
-         "--steps-per-save", 500, "--logging.steps-per-log", 50, *DEMO_ARGS, "nerfstudio-data", "--data", scene],
+         "--pipeline.phases.distill-steps", c, "--pipeline.num-distill-renders", args.distill_renders,
+         "--steps-per-eval-image", 10**6, "--steps-per-eval-batch", 10**6, "--steps-per-eval-all-images", 10**6,
+         "--steps-per-save", 10**6, "--logging.steps-per-log", 50, *DEMO_ARGS, *phase_a_lr_args(a),
+         *ns_train_extra, "nerfstudio-data", "--data", scene],
         "ns-train relsnerf-r32 (phases A -> B -> C)",
     )  # fmt: skip
-    config = args.output / "runs" / "demo" / "relsnerf-r32" / "run" / "config.yml"
-    video = args.output / "spiral.mp4"
+    config = output / "runs" / "demo" / "relsnerf-r32" / "run" / "config.yml"
+    video = output / "spiral.mp4"
     run(
-        [tool("ns-render"), "spiral", "--load-config", config, "--output-path", video, "--seconds", 3,
-         "--frame-rate", 10, "--rendered-output-names", "rgb", "rgb_nerf"],
+        [tool("ns-render"), "spiral", "--load-config", config, "--output-path", video,
+         "--seconds", args.video_seconds, "--frame-rate", 10, "--rendered-output-names", "rgb", "rgb_nerf"],
         "ns-render spiral (decoded | RGB-NeRF, side by side)",
     )  # fmt: skip
-    metrics = args.output / "metrics.json"
-    run([tool("ns-eval"), "--load-config", config, "--output-path", metrics], "ns-eval on the held-out views")
+    metrics = output / "metrics.json"
+    eval_images = output / "eval_images"
+    run(
+        [tool("ns-eval"), "--load-config", config, "--output-path", metrics, "--render-output-path", eval_images],
+        "ns-eval on the held-out views",
+    )
+    held_out = held_out_views(args.views, HOLD_OUT_EVERY)
+    shown = len(held_out) // 2  # a view from the middle of the arc
+    picture = side_by_side(eval_images, output / "side_by_side.png", shown)
     results = json.loads(metrics.read_text())["results"]
     print("\nHeld-out metrics (decoded output | RGB-NeRF):")
     for name in ("psnr", "ssim", "flip", "lpips"):
         if name in results:
             print(f"  {name:6s} {results[name]:8.3f} | {results.get(name + '_rgb_nerf', float('nan')):8.3f}")
-    print(f"\nvideo: {video}\nmetrics: {metrics}\nrun: {config.parent}")
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = children.ru_utime + children.ru_stime + own.ru_utime + own.ru_stime
+    print(f"\ndemo took {time.time() - start:.0f} s wall, {cpu:.0f} s CPU")
+    print(f"video:   {video}\nmetrics: {metrics}\npicture: {picture}")
+    print(f"         (held-out view frame_{held_out[shown]:04d}.png: ground truth | decoded | RGB-NeRF)")
+    print(f"run:     {config.parent}")
 
 
 if __name__ == "__main__":
