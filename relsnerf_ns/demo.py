@@ -15,30 +15,34 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from PIL import Image, ImageDraw
 
 from relsnerf_ns.demo_scene import held_out_views, write_demo_scene
-from relsnerf_ns.phases import PAPER_STEPS
+from relsnerf_ns.phases import PAPER_STEPS, Phase
 
 BIN = Path(sys.executable).parent
 
-# The scene: 32 views of 128x96 on a 70-degree arc; every 4th view (between training views) is held out: 24 train, 8
+# The scene: 32 views of 128x96 on a 70-degree arc; every 8th view (between training views) is held out: 28 train, 4
 # evaluate. Latent maps are 16x12.
-WIDTH, HEIGHT, VIEWS, HOLD_OUT_EVERY = 128, 96, 32, 4
-STEPS = (200, 900, 150)
-"""Phase lengths A, B, C of the demo."""
-AE_HALVINGS = 2
-"""Phase A halves the autoencoder's rate this many times (the paper: 6 times in 3000 steps, see `phase_a_lr_args`)."""
-DISTILL_RENDERS = 16
+WIDTH, HEIGHT, VIEWS, HOLD_OUT_EVERY = 128, 96, 32, 8
+STEPS = (200, 400, 1000)
+"""Phase lengths A, B, C of the demo. The colour NeRF fits this scene within a few hundred phase-B steps; the decoder
+is what needs the steps, and phase C's steps are cheap (a decoder pass on cached latent crops, no rays)."""
+# The autoencoder's rates in phase A (encoder and decoder) and C (decoder): (rate at the start, halvings).
+# The paper's (4e-4 halved 6 times in A; 1e-4 halved 4 times in C) are for 3000 and 10000 steps.
+AE_RATE = (1e-3, 2)
+DISTILL_RATE = (5e-4, 2)
+DISTILL_RENDERS = 8
 
 
 def tool(name: str) -> str:
@@ -62,27 +66,53 @@ DEMO_ARGS = [
 ]  # fmt: skip
 
 
-def phase_a_lr_args(steps_a: int, halvings: int = AE_HALVINGS) -> List[str]:
-    """The autoencoder's phase-A rate: 4e-4 halved `halvings` times, evenly over the phase.
+def rate_args(phase: Phase, lr: float, halvings: int) -> List[str]:
+    """ns-train options for the autoencoder's rate in phase A (encoder and decoder) or C (decoder): `lr`, halved
+    `halvings` times at even intervals of the phase.
 
-    Rate periods are given in the paper's phase-A steps (3000 for R32) and stretch with the phase, so the paper's
-    "halve every 500" halves six times whatever the phase length: in a phase A of a few hundred steps the rate is
-    down to 1/64 before the autoencoder has learnt much. The demo halves fewer times, at the same relative places."""
-    if steps_a <= 0 or halvings <= 0:
-        return []
-    period = max(1, round(PAPER_STEPS["r32"][0] / (halvings + 1)))  # paper-length steps
+    Rate periods are given in the paper's phase steps (R32: 3000 in A, 10000 in C) and stretch with the phase, so the
+    paper's "halve every 500" in phase A halves six times whatever the phase length: in a phase A of a few hundred
+    steps the rate is 1/64 of its start before the autoencoder has learnt much. The demo starts higher and halves
+    twice."""
+    period = max(1, round(PAPER_STEPS["r32"][phase.index] / (halvings + 1)))  # in the paper's phase steps
+    groups = ("ae-encoder", "ae-decoder") if phase == Phase.AE_PRETRAIN else ("ae-decoder",)
+    name = f"phase-{phase.value.lower()}"
     return [
         arg
-        for group in ("ae-encoder", "ae-decoder")
-        for arg in (f"--optimizers.{group}.scheduler.phase-a.halve-every", str(period))
+        for group in groups
+        for arg in (
+            *(f"--optimizers.{group}.scheduler.{name}.lr", str(lr)),
+            *(f"--optimizers.{group}.scheduler.{name}.halve-every", str(period)),
+        )
     ]
+
+
+def demo_rate_args() -> List[str]:
+    return [*rate_args(Phase.AE_PRETRAIN, *AE_RATE), *rate_args(Phase.DISTILL, *DISTILL_RATE)]
+
+
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and of the commands it ran so far."""
+    children, own = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF)
+    return children.ru_utime + children.ru_stime + own.ru_utime + own.ru_stime
+
+
+def command_env() -> Dict[str, str]:
+    """The commands' environment: on the CPU, torch with one thread unless OMP_NUM_THREADS says otherwise.
+
+    On a 2-core machine that anything else also uses, two OpenMP threads spend most of their time waiting for each
+    other: a phase-B step of the demo took 11x longer with two threads than with one on a shared 2-core machine."""
+    env = dict(os.environ)
+    if not torch.cuda.is_available():
+        env.setdefault("OMP_NUM_THREADS", "1")
+    return env
 
 
 def run(command: Sequence, what: str) -> None:
     print(f"\n=== {what}\n$ {' '.join(map(str, command))}", flush=True)
-    start = time.time()
-    subprocess.run([str(c) for c in command], check=True)
-    print(f"=== {what}: done in {time.time() - start:.0f} s", flush=True)
+    start, cpu = time.time(), cpu_seconds()
+    subprocess.run([str(c) for c in command], check=True, env=command_env())
+    print(f"=== {what}: done in {time.time() - start:.0f} s wall, {cpu_seconds() - cpu:.0f} s CPU", flush=True)
 
 
 LABEL_HEIGHT = 18
@@ -133,7 +163,7 @@ def main(argv: Optional[List[str]] = None) -> None:
          "--pipeline.phases.ae-pretrain-steps", a, "--pipeline.phases.joint-steps", b,
          "--pipeline.phases.distill-steps", c, "--pipeline.num-distill-renders", args.distill_renders,
          "--steps-per-eval-image", 10**6, "--steps-per-eval-batch", 10**6, "--steps-per-eval-all-images", 10**6,
-         "--steps-per-save", 10**6, "--logging.steps-per-log", 50, *DEMO_ARGS, *phase_a_lr_args(a),
+         "--steps-per-save", 10**6, "--logging.steps-per-log", 50, *DEMO_ARGS, *demo_rate_args(),
          *ns_train_extra, "nerfstudio-data", "--data", scene],
         "ns-train relsnerf-r32 (phases A -> B -> C)",
     )  # fmt: skip
@@ -158,10 +188,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     for name in ("psnr", "ssim", "flip", "lpips"):
         if name in results:
             print(f"  {name:6s} {results[name]:8.3f} | {results.get(name + '_rgb_nerf', float('nan')):8.3f}")
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = children.ru_utime + children.ru_stime + own.ru_utime + own.ru_stime
-    print(f"\ndemo took {time.time() - start:.0f} s wall, {cpu:.0f} s CPU")
+    print(f"\ndemo took {time.time() - start:.0f} s wall, {cpu_seconds():.0f} s CPU")
     print(f"video:   {video}\nmetrics: {metrics}\npicture: {picture}")
     print(f"         (held-out view frame_{held_out[shown]:04d}.png: ground truth | decoded | RGB-NeRF)")
     print(f"run:     {config.parent}")

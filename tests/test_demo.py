@@ -47,6 +47,7 @@ def test_the_scene_is_a_valid_nerfstudio_scene_with_held_out_views_between_train
 
 def test_held_out_views_are_never_the_ends_of_the_arc():
     assert held_out_views(32, 4) == [2, 6, 10, 14, 18, 22, 26, 30]
+    assert held_out_views(32, 8) == [4, 12, 20, 28]
     assert held_out_views(8, 0) == [] and held_out_views(8, 1) == []
     for views in range(3, 40):
         assert all(0 < i < views - 1 for i in held_out_views(views, 4))
@@ -66,25 +67,37 @@ def test_the_scene_has_depth_and_parallax():
 
 
 def test_the_demo_options_parse_as_ns_train_options():
-    """DEMO_ARGS and the phase-A rate flags are valid ns-train options of relsnerf-r32 and set what they say."""
+    """DEMO_ARGS and the rate flags are valid ns-train options of relsnerf-r32 and set what they say."""
     a, b, c = demo.STEPS
     args = [
         *demo.DEMO_ARGS,
-        *demo.phase_a_lr_args(a),
+        *demo.demo_rate_args(),
         *("--pipeline.phases.ae-pretrain-steps", str(a), "--pipeline.phases.joint-steps", str(b)),
         *("--pipeline.phases.distill-steps", str(c)),
     ]
     config = tyro.cli(type(relsnerf_r32.config), default=copy.deepcopy(relsnerf_r32.config), args=args)
     assert config.pipeline.model.autoencoder.encoder_widths == (16, 32, 64, 128, 128)
-    assert config.pipeline.phases.steps() == demo.STEPS
-    scheduler = config.optimizers["ae_decoder"]["scheduler"]
-    scheduler.schedule = config.pipeline.phases
-    rates = [scheduler.rate(step) for step in range(a)]
-    # The autoencoder's rate halves AE_HALVINGS times in phase A (not six times, as the paper's period would).
-    assert rates[0] == pytest.approx(4e-4)
-    assert rates[-1] == pytest.approx(4e-4 * 0.5**demo.AE_HALVINGS)
-    assert len(set(rates)) == demo.AE_HALVINGS + 1
-    assert config.pipeline.phases.phase_at(a) == Phase.JOINT
+    assert config.pipeline.model.num_nerf_samples_per_ray == 16
+    schedule = config.pipeline.phases
+    assert schedule.steps() == demo.STEPS
+    scheduler = {group: config.optimizers[group]["scheduler"] for group in ("ae_encoder", "ae_decoder", "fields")}
+    for each in scheduler.values():
+        each.schedule = schedule
+    # In phase A the autoencoder's rate halves twice, at a third and two thirds of the phase (the paper's period would
+    # halve it six times); in phase C the decoder's likewise; phase B keeps the paper's rates.
+    for phase, (lr, halvings), groups in (
+        (Phase.AE_PRETRAIN, demo.AE_RATE, ("ae_encoder", "ae_decoder")),
+        (Phase.DISTILL, demo.DISTILL_RATE, ("ae_decoder",)),
+    ):
+        start, length = schedule.start_of(phase), schedule.length_of(phase)
+        for group in groups:
+            rates = [scheduler[group].rate(step) for step in range(start, start + length)]
+            assert rates[0] == pytest.approx(lr) and rates[-1] == pytest.approx(lr * 0.5**halvings)
+            assert len(set(rates)) == halvings + 1
+            assert rates[length // 3 - 1] == pytest.approx(lr) and rates[length // 3 + 1] == pytest.approx(lr / 2)
+    assert scheduler["ae_encoder"].rate(schedule.start_of(Phase.DISTILL)) == 0.0  # the encoder stays frozen
+    assert scheduler["ae_decoder"].rate(schedule.start_of(Phase.JOINT)) == pytest.approx(1e-4)
+    assert scheduler["fields"].rate(schedule.start_of(Phase.JOINT)) == pytest.approx(1e-2)
 
 
 def test_a_tiny_demo_writes_the_video_metrics_and_side_by_side_picture_and_prints_where(tmp_path):
@@ -92,7 +105,7 @@ def test_a_tiny_demo_writes_the_video_metrics_and_side_by_side_picture_and_print
     env = dict(os.environ, HF_HUB_OFFLINE="1", TORCH_HOME=str(tmp_path / "empty_torch_cache"))
     command = [
         sys.executable, "-m", "relsnerf_ns.demo", "--output", str(output), "--steps", "2", "4", "2",
-        "--distill-renders", "2", "--views", "12", "--size", "64", "48", "--video-seconds", "0.5",
+        "--distill-renders", "2", "--views", "16", "--size", "64", "48", "--video-seconds", "0.5",
         *tiny_cli_args("relsnerf-r32"),
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
@@ -106,10 +119,10 @@ def test_a_tiny_demo_writes_the_video_metrics_and_side_by_side_picture_and_print
     assert (output / "spiral.mp4").stat().st_size > 0
     metrics = json.loads((output / "metrics.json").read_text())["results"]
     assert {"psnr", "psnr_rgb_nerf", "ssim", "ssim_rgb_nerf"} <= set(metrics)
-    # ground truth | decoded | RGB-NeRF of the middle held-out view (frame 6), enlarged 3x under a label strip.
+    # ground truth | decoded | RGB-NeRF of the middle held-out view (of views 4 and 12: 12), enlarged 3x under labels.
     picture = np.asarray(Image.open(output / "side_by_side.png").convert("RGB"))
     assert picture.shape == (demo.LABEL_HEIGHT + 48 * 3, 3 * 64 * 3, 3)
-    truth = np.asarray(Image.open(output / "scene" / "images" / "frame_0006.png").convert("RGB"))
+    truth = np.asarray(Image.open(output / "scene" / "images" / "frame_0012.png").convert("RGB"))
     panels = np.split(picture[demo.LABEL_HEIGHT :], 3, axis=1)
     assert np.array_equal(panels[0], truth.repeat(3, axis=0).repeat(3, axis=1))
-    assert "frame_0006.png" in result.stdout
+    assert "frame_0012.png" in result.stdout
