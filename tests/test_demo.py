@@ -84,7 +84,7 @@ def test_the_demo_options_parse_as_ns_train_options():
     for each in scheduler.values():
         each.schedule = schedule
     # In phase A the autoencoder's rate halves twice, at a third and two thirds of the phase (the paper's period would
-    # halve it six times); in phase C the decoder's likewise; phase B keeps the paper's rates.
+    # halve it six times); in phase C the decoder's likewise; phase B keeps the paper's decoder rate.
     for phase, (lr, halvings), groups in (
         (Phase.AE_PRETRAIN, demo.AE_RATE, ("ae_encoder", "ae_decoder")),
         (Phase.DISTILL, demo.DISTILL_RATE, ("ae_decoder",)),
@@ -97,7 +97,10 @@ def test_the_demo_options_parse_as_ns_train_options():
             assert rates[length // 3 - 1] == pytest.approx(lr) and rates[length // 3 + 1] == pytest.approx(lr / 2)
     assert scheduler["ae_encoder"].rate(schedule.start_of(Phase.DISTILL)) == 0.0  # the encoder stays frozen
     assert scheduler["ae_decoder"].rate(schedule.start_of(Phase.JOINT)) == pytest.approx(1e-4)
+    # Phase B's NeRF rate falls tenfold over the phase (the paper's period would make it a hundredfold).
     assert scheduler["fields"].rate(schedule.start_of(Phase.JOINT)) == pytest.approx(1e-2)
+    end_of_b = schedule.start_of(Phase.DISTILL)
+    assert scheduler["fields"].rate(end_of_b - 1) == pytest.approx(1e-2 * 0.1 ** (1 - 1 / b), rel=1e-6)
 
 
 def test_a_tiny_demo_writes_the_video_metrics_and_side_by_side_picture_and_prints_where(tmp_path):
