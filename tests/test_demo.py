@@ -108,18 +108,18 @@ def test_a_tiny_demo_writes_the_video_metrics_and_side_by_side_picture_and_print
     env = dict(os.environ, HF_HUB_OFFLINE="1", TORCH_HOME=str(tmp_path / "empty_torch_cache"))
     command = [
         sys.executable, "-m", "relsnerf_ns.demo", "--output", str(output), "--steps", "2", "4", "2",
-        "--distill-renders", "2", "--views", "16", "--size", "64", "48", "--video-seconds", "0.5",
+        "--distill-renders", "2", "--views", "16", "--size", "64", "48", "--video-steps", "2",
         *tiny_cli_args("relsnerf-r32"),
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     printed = dict(re.findall(r"^(video|metrics|picture): +(\S+)", result.stdout, re.MULTILINE))
     assert printed == {
-        "video": str(output / "spiral.mp4"),
+        "video": str(output / "video.mp4"),
         "metrics": str(output / "metrics.json"),
         "picture": str(output / "side_by_side.png"),
     }
-    assert (output / "spiral.mp4").stat().st_size > 0
+    assert (output / "video.mp4").stat().st_size > 0
     metrics = json.loads((output / "metrics.json").read_text())["results"]
     assert {"psnr", "psnr_rgb_nerf", "ssim", "ssim_rgb_nerf"} <= set(metrics)
     # ground truth | decoded | RGB-NeRF of the middle held-out view (of views 4 and 12: 12), enlarged 3x under labels.
