@@ -2,7 +2,7 @@
 
 Uses the standard commands (ns-train, ns-render, ns-eval) exactly as a user would, and prints each command line. The
 scene, field sizes and schedule are chosen so that the whole demo fits in 10 minutes on 2 CPU cores after set-up
-(measured: 9 min 5 s wall, 8 min 37 s CPU on a 2-core CPU that other jobs shared) with a held-out decoded PSNR above
+(measured: 9 min 22 s wall, 9 min 3 s CPU on a 2-core CPU that other jobs shared) with a held-out decoded PSNR above
 24 dB; on a GPU it uses the GPU (same schedule; `--steps` and ns-train options train longer or larger).
 
     python -m relsnerf_ns.demo [--output demo_output] [--steps A B C] [--distill-renders N] [NS-TRAIN OPTIONS ...]
