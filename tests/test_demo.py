@@ -17,8 +17,8 @@ from PIL import Image
 
 from relsnerf_ns import demo
 from relsnerf_ns.demo_scene import cast, demo_camera_poses, held_out_views, pixel_rays, write_demo_scene
-from relsnerf_ns.training.phases import Phase
 from relsnerf_ns.relsnerf_config import relsnerf_r32
+from relsnerf_ns.training.phases import Phase
 
 from .conftest import tiny_cli_args
 
