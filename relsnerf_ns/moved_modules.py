@@ -29,8 +29,12 @@ MOVED_MODULES: Dict[str, str] = {
     "relsnerf_ns.schedulers": "relsnerf_ns.training.schedulers",
     "relsnerf_ns.relsnerf_datamanager": "relsnerf_ns.data.relsnerf_datamanager",
     "relsnerf_ns.llff_dataparser": "relsnerf_ns.data.llff_dataparser",
+    # Commands documented as `python -m` before the move.
+    "relsnerf_ns.benchmark_step": "relsnerf_ns.benchmark.step",
+    "relsnerf_ns.benchmark_kernels": "relsnerf_ns.benchmark.kernels",
 }
-"""Old module path -> where it lives now: every module whose classes a config.yml names."""
+"""Old module path -> where it lives now: every module whose classes a config.yml names, and the modules that were
+run as commands (`python -m relsnerf_ns.llff_dataparser --check` still works)."""
 
 
 class MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -50,6 +54,11 @@ class MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             if not name.startswith("__"):
                 setattr(module, name, value)
         module.__doc__ = f"The old path of {moved.__name__}, for config.yml files written before the subpackages."
+
+    def get_code(self, fullname: str):
+        """What `python -m OLD_PATH` runs (runpy asks the loader for code): the module at its new path, as __main__."""
+        source = f"import runpy\nrunpy.run_module({MOVED_MODULES[fullname]!r}, run_name='__main__', alter_sys=True)\n"
+        return compile(source, f"<{fullname}, now {MOVED_MODULES[fullname]}>", "exec")
 
 
 def install() -> None:
