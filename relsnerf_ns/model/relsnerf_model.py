@@ -291,7 +291,7 @@ class RelsNerfModel(OfflineNerfactoModel):
         patches = list(patches) if isinstance(patches, (list, tuple)) else [patches]
         n = patches[0].latent_size  # several patches (a union of batches) have one size
         patch_rays = [p.ray_bundle.flatten().to(self.device) for p in patches]
-        with record_function("relsnerf/data"):
+        with record_function("relsnerf/patch_targets"):
             target = torch.stack([p.image for p in patches]).to(self.device)
         depth = batch.get("depth_rays")
         if self.config.joint_pass == "single":
