@@ -44,8 +44,6 @@ is what needs the steps, and phase C's steps are cheap (a decoder pass on cached
 # The paper's (4e-4 halved 6 times in A; 1e-4 halved 4 times in C) are for 3000 and 10000 steps.
 AE_RATE = (1e-3, 2)
 DISTILL_RATE = (5e-4, 2)
-NERF_DECADES = 1
-"""Phase B's NeRF rates (1e-2) fall tenfold this many times over the phase (the paper: twice in 20000 steps)."""
 DISTILL_RENDERS = 8
 
 
@@ -91,19 +89,8 @@ def rate_args(phase: Phase, lr: float, halvings: int) -> List[str]:
     ]
 
 
-def nerf_rate_args(decades: float = NERF_DECADES) -> List[str]:
-    """ns-train options for phase B's NeRF rates: 1e-2 falling tenfold `decades` times over the phase (the paper's
-    0.1^(t / 10000) over 20000 steps falls a hundredfold however short phase B is)."""
-    period = max(1, round(PAPER_STEPS["r32"][Phase.JOINT.index] / decades))  # in the paper's phase steps
-    return [
-        arg
-        for group in ("proposal-networks", "fields", "latent-field")
-        for arg in (f"--optimizers.{group}.scheduler.phase-b.tenfold-decay-every", str(period))
-    ]
-
-
 def demo_rate_args() -> List[str]:
-    return [*rate_args(Phase.AE_PRETRAIN, *AE_RATE), *nerf_rate_args(), *rate_args(Phase.DISTILL, *DISTILL_RATE)]
+    return [*rate_args(Phase.AE_PRETRAIN, *AE_RATE), *rate_args(Phase.DISTILL, *DISTILL_RATE)]
 
 
 def cpu_seconds() -> float:

@@ -6,9 +6,10 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from relsnerf_ns.data.relsnerf_datamanager import aligned_crop
-from relsnerf_ns.model.latent_targets import LatentTargets, encode_images
+from relsnerf_ns.model.latent_targets import LatentTargets, encode_images, phase_averaged_encoding, shifted_by
 from relsnerf_ns.relsnerf_config import relsnerf_r32
 from relsnerf_ns.rendering.latent_rays import latent_ray_bundle
 from relsnerf_ns.training.phases import Phase
@@ -72,6 +73,39 @@ def test_encode_images_pads_sides_to_multiples_of_8_by_replication():
     assert seen[0].shape == (1, 3, 16, 16) and latent.shape == (3, 2, 2)
     torch.testing.assert_close(seen[0][0, :, 15, 9], image[12, 9])  # bottom rows copy the last row
     torch.testing.assert_close(seen[0][0, :, 3, 15], image[3, 9])  # right columns copy the last column
+
+
+def block_means(batch):
+    """A stand-in encoder: each 8x8 block's mean (one latent pixel per block, as the real encoders)."""
+    return F.avg_pool2d(batch, 8)
+
+
+def test_phase_averaged_targets_stay_aligned_with_the_block_centres():
+    # A ramp's block means follow the ramp exactly, whatever the grid's offset, once resampled at the original block
+    # centres: the average over offsets equals the plain encoding away from the replicated edges. A resampling at the
+    # wrong place (or in the wrong direction) would shift every target by up to half a block.
+    ramp = torch.arange(64.0)[None, None, None, :].expand(1, 1, 24, 64).contiguous()
+    plain = block_means(ramp)
+    for phases in (2, 4):
+        averaged = phase_averaged_encoding(block_means, ramp, phases)
+        assert averaged.shape == plain.shape
+        torch.testing.assert_close(averaged[..., 1:-1], plain[..., 1:-1])
+    torch.testing.assert_close(phase_averaged_encoding(block_means, ramp, 1), plain)
+    assert torch.equal(shifted_by(ramp, 0, 3)[..., 10], ramp[..., 7])  # content moves right by dx
+
+
+def test_phase_averaged_targets_smooth_what_the_grid_offset_changes():
+    # A single bright pixel belongs to one block in the plain encoding; averaged over grid offsets its energy spreads
+    # to the neighbouring latent pixels, the same for every view whatever its offset.
+    spike = torch.zeros(1, 1, 32, 32)
+    spike[..., 13, 13] = 64.0
+    plain, averaged = block_means(spike), phase_averaged_encoding(block_means, spike, 4)
+    assert (plain > 0).sum() == 1 and (averaged > 0).sum() > 1
+    torch.testing.assert_close(averaged.sum(), plain.sum())  # block means of shifted copies keep the total
+    image = torch.rand(16, 24, 3)
+    (four,) = encode_images(block_means, [image], "cpu", phases=4)
+    (one,) = encode_images(block_means, [image], "cpu")
+    assert four.shape == one.shape == (3, 2, 3) and not torch.allclose(four, one)
 
 
 def test_latent_loss_reaches_only_the_latent_field(model):
@@ -144,6 +178,7 @@ def test_default_recipe_trains_latent_loss_and_no_depth_loss_with_sparse_depth(l
     targets = trainer.pipeline.model.latent_targets
     images = trainer.pipeline.datamanager.train_images
     assert targets.maps.shape[0] == len(images) and targets.channels == 8
+    assert "averaged over 1^2 grid offsets" in printed
 
 
 def test_paper_recipe_trains_depth_loss_and_no_latent_loss(llff_scene, tmp_path, capsys):

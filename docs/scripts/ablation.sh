@@ -8,7 +8,7 @@
 # that checkpoint (--load-dir), so they differ in phase C alone. Variants that change phase B train their own run.
 # Every run is evaluated with ns-eval (decoded and RGB-NeRF outputs on the held-out views); the table of all
 # results is written to OUT/ablation.md. Short preset, seed 42, as relsnerf-bench. Without VARIANT arguments every
-# variant below runs, in this order (about 45 minutes on one H200); name some to run only those (the B runs they
+# variant below runs, in this order (about 65 minutes on one H200); name some to run only those (the B runs they
 # continue from run first when missing).
 set -u
 DATA=$1 OUT=$2 TAEF2=$3
@@ -62,9 +62,35 @@ r32_c_paper() {
 tiny_four_patches() { train tiny_four_patches relsnerf-tiny $TINY_WEIGHTS --pipeline.datamanager.latent-patches-per-step 4; }
 tiny_lz_tenth() { train tiny_lz_tenth relsnerf-tiny $TINY_WEIGHTS --pipeline.model.latent-loss-mult 0.1; }
 tiny_paper_recipe() { train tiny_paper_recipe relsnerf-tiny $TINY_WEIGHTS --pipeline.model.recipe paper; }
+# The paper's NeRF rate, 0.1^(t / 10000) over its 20,000 phase-B steps (a hundredfold); the default falls tenfold
+# over phase B, whatever its length.
+PAPER_NERF_RATE="--optimizers.proposal-networks.scheduler.phase-b.tenfold-decay-every 10000
+  --optimizers.fields.scheduler.phase-b.tenfold-decay-every 10000
+  --optimizers.latent-field.scheduler.phase-b.tenfold-decay-every 10000"
+# shellcheck disable=SC2086
+tinyB_paper_nerf_rate() {
+    train tinyB_paper_nerf_rate relsnerf-tiny $TINY_WEIGHTS $PAPER_NERF_RATE --pipeline.phases.distill-steps 0
+}
+PHASE_TARGETS="--pipeline.model.latent-target-phases 4"
+# shellcheck disable=SC2086
+tinyB_phase_targets() { train tinyB_phase_targets relsnerf-tiny $TINY_WEIGHTS $PHASE_TARGETS --pipeline.phases.distill-steps 0; }
+tiny_phase_targets_c_short() {
+    tinyB_phase_targets
+    train tiny_phase_targets_c_short relsnerf-tiny $TINY_WEIGHTS $PHASE_TARGETS $(from_b tinyB_phase_targets relsnerf-tiny)
+}
+tinyB_view_free_latents() {
+    train tinyB_view_free_latents relsnerf-tiny $TINY_WEIGHTS --pipeline.model.latent-view-dependent False \
+        --pipeline.phases.distill-steps 0
+}
+tiny_c_decoder_rate() {  # phase C's decoder rate 3e-4, not halved (the default: 1e-4 halved three times)
+    tinyB
+    train tiny_c_decoder_rate relsnerf-tiny $TINY_WEIGHTS --optimizers.ae-decoder.scheduler.phase-c.lr 3e-4 \
+        --optimizers.ae-decoder.scheduler.phase-c.halve-every 0 $(from_b tinyB relsnerf-tiny)
+}
 
 VARIANTS=("$@")
-[ ${#VARIANTS[@]} -eq 0 ] && VARIANTS=(tiny_c_short tiny_c_paper r32_c_short r32_c_large_crops tiny_four_patches
+[ ${#VARIANTS[@]} -eq 0 ] && VARIANTS=(tiny_c_short tinyB_paper_nerf_rate tinyB_phase_targets tiny_phase_targets_c_short
+    tinyB_view_free_latents tiny_c_decoder_rate tiny_c_paper r32_c_short r32_c_large_crops tiny_four_patches
     tiny_lz_tenth r32_c_paper tiny_paper_recipe)
 for variant in "${VARIANTS[@]}"; do "$variant"; done
 

@@ -72,14 +72,58 @@ class LatentTargets:
         return (((predicted.float() - target) / self.std) ** 2).mean()
 
 
+def shifted_by(
+    image: Float[Tensor, "1 3 H W"], dy: int, dx: int, margin: int = LATENT_DOWNSCALE
+) -> Float[Tensor, "1 3 H W"]:
+    """The image with its content moved down by dy and right by dx pixels, edges replicated."""
+    height, width = image.shape[-2:]
+    padded = F.pad(image, (margin, margin, margin, margin), mode="replicate")
+    return padded[..., margin - dy : margin - dy + height, margin - dx : margin - dx + width]
+
+
+def at_fractional_offset(latent: Float[Tensor, "1 n h w"], fy: float, fx: float) -> Float[Tensor, "1 n h w"]:
+    """The latent map resampled (bilinearly) at positions (i + fy, j + fx), 0 <= f < 1, last row/column replicated."""
+    padded = F.pad(latent, (0, 1, 0, 1), mode="replicate")
+    across = (1 - fx) * padded[..., :, :-1] + fx * padded[..., :, 1:]
+    return (1 - fy) * across[..., :-1, :] + fy * across[..., 1:, :]
+
+
+@torch.no_grad()
+def phase_averaged_encoding(
+    encode: Callable[[Tensor], Tensor], image: Float[Tensor, "1 3 H W"], phases: int
+) -> Float[Tensor, "1 n h w"]:
+    """E(I) averaged over `phases` x `phases` sub-block offsets of the 8x8 grid, each resampled at the original block
+    centres.
+
+    Why: a surface point falls at a different place inside its 8x8 block in every view, and the encoder's latent of a
+    block depends on where in it the content lies, so the encoder's latents of one point disagree between views. A
+    latent field that all views share can only render something like their mean over those offsets; this target is
+    that mean, the same for every view, instead of a different inconsistent target per view. With phases = 1 it is
+    E(I)."""
+    if phases <= 1:
+        return encode(image)
+    offsets = [LATENT_DOWNSCALE * k // phases for k in range(phases)]
+    total = None
+    for dy in offsets:
+        for dx in offsets:
+            # Content moved by (dy, dx): original block centre 8i + 4 sits at latent index i + dy / 8 of this map.
+            latent = at_fractional_offset(
+                encode(shifted_by(image, dy, dx)), dy / LATENT_DOWNSCALE, dx / LATENT_DOWNSCALE
+            )
+            total = latent if total is None else total + latent
+    return total / len(offsets) ** 2
+
+
 @torch.no_grad()
 def encode_images(
     encode: Callable[[Tensor], Tensor],
     images: List[Float[Tensor, "H W 3"]],
     device: torch.device | str,
+    phases: int = 1,
 ) -> List[Float[Tensor, "n rows cols"]]:
-    """E(I) of each image (RGB in [0, 1]), one at a time; sides that are not multiples of 8 are padded by edge
-    replication (the latent rays of the last, partial block row and column see the padded block too)."""
+    """E(I) of each image (RGB in [0, 1]), one at a time, averaged over `phases`^2 grid offsets (see
+    `phase_averaged_encoding`; 1: plain E(I)); sides that are not multiples of 8 are padded by edge replication
+    (the latent rays of the last, partial block row and column see the padded block too)."""
     maps = []
     for image in images:
         height, width = int(image.shape[0]), int(image.shape[1])
@@ -88,5 +132,5 @@ def encode_images(
         pad_w = math.ceil(width / LATENT_DOWNSCALE) * LATENT_DOWNSCALE - width
         if pad_h or pad_w:
             batch = F.pad(batch, (0, pad_w, 0, pad_h), mode="replicate")
-        maps.append(encode(batch.contiguous())[0].float())
+        maps.append(phase_averaged_encoding(encode, batch.contiguous(), phases)[0].float())
     return maps

@@ -126,6 +126,10 @@ class RelsNerfModelConfig(NerfactoModelConfig):
     """Weight of L_z, the error between the latent rendered on each colour ray and the encoder's latent of its
     training image at that pixel (in units of each latent channel's spread); 0 turns it off. None takes the recipe's:
     1 for 'relsnerf', 0 for 'paper'. Used only when the encoder is pretrained or phase A trained it."""
+    latent_target_phases: int = 1
+    """L_z's targets: the encoder's latents averaged over this many x this many offsets of the 8x8 block grid (the
+    views of a point disagree on its latent by where in its block it falls; the average is what a latent field shared
+    by all views can render). 1: the plain E(I)."""
     depth_sigma: float = 0.01
     """Spread of the DS-NeRF depth loss around each sparse point (nerfstudio's convention: exp(-d^2 / (2 sigma)))."""
     patch_loss_mult: float = 1.0

@@ -196,12 +196,13 @@ class RelsNerfPipeline(VanillaPipeline):
             return None
         background = self.datamanager.alpha_background
         images = [blend_alpha(image, background) for image in self.datamanager.train_images]
-        maps = encode_images(model.autoencoder.encode, images, self.device)
+        maps = encode_images(model.autoencoder.encode, images, self.device, model.config.latent_target_phases)
         model.latent_targets = LatentTargets(maps)
-        std = model.latent_targets.std
+        std, phases = model.latent_targets.std, model.config.latent_target_phases
         CONSOLE.print(
             f"Latent loss L_z on: encoder latents of {len(maps)} training images ({model.latent_targets.channels} "
-            f"channels, spread {float(std.min()):.3g}-{float(std.max()):.3g}) supervise the latent of every colour ray."
+            f"channels, spread {float(std.min()):.3g}-{float(std.max()):.3g}, averaged over {phases}^2 grid offsets) "
+            "supervise the latent of every colour ray."
         )
         return model.latent_targets
 

@@ -1,0 +1,113 @@
+"""What limits the decoded output: the autoencoder, the averaging a shared latent field does, and how much a decoder
+trained for averaged latents wins back. No NeRF is trained; it needs the scene's images and TAEF2 weights.
+
+    python docs/scripts/decoder_adaptation.py --images path/to/fern/images_4 --weights path/to/taef2 --device cuda
+
+Prints, on an LLFF-style split (every 8th image held out):
+1. D(E(I)) of every image: the autoencoder's own ceiling;
+2. on the held-out images, D of the latents averaged over `--phases` x `--phases` offsets of the 8x8 grid (each
+   offset's latent resampled at the original block centres): what a latent field that all views share can render;
+3. the same after fine-tuning the decoder on such averaged latents of the training images (`--steps` steps of
+   `--crops` 256x256 crops, Adam at `--lr`), next to D(E(I)) of the held-out images with that decoder.
+The offsets move the image with torch.roll (content wraps around); the held-out figures leave a 16-pixel border out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchmetrics.functional.image import peak_signal_noise_ratio
+
+from relsnerf_ns.autoencoders.tiny import TinyAutoencoderConfig
+from relsnerf_ns.model.latent_targets import LATENT_DOWNSCALE, at_fractional_offset
+
+BORDER = 16
+CROP = 256
+
+
+def load(path: Path, device: str) -> torch.Tensor:
+    image = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).float().div(255).permute(2, 0, 1)[None]
+    return image[..., : image.shape[-2] // 8 * 8, : image.shape[-1] // 8 * 8].to(device)
+
+
+def phase_averaged(encode, image: torch.Tensor, phases: int) -> torch.Tensor:
+    offsets = [LATENT_DOWNSCALE * k // phases for k in range(phases)]
+    latents = [
+        at_fractional_offset(encode(torch.roll(image, (dy, dx), dims=(-2, -1))), dy / 8, dx / 8)
+        for dy in offsets
+        for dx in offsets
+    ]
+    return torch.stack(latents).mean(0)
+
+
+def psnr(decoded: torch.Tensor, image: torch.Tensor, border: int = 0) -> float:
+    window = (..., slice(border, -border or None), slice(border, -border or None))
+    return float(peak_signal_noise_ratio(decoded[window].clamp(0, 1), image[window], data_range=1.0))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=Path, required=True, help="folder of the scene's images (e.g. images_4)")
+    parser.add_argument("--weights", type=Path, required=True, help="folder with taef2_encoder.pth, taef2_decoder.pth")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--phases", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--crops", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    files = sorted(p for p in args.images.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    images = [load(p, args.device) for p in files]
+    held = list(range(0, len(images), 8))
+    train = [i for i in range(len(images)) if i not in held]
+    autoencoder = (
+        TinyAutoencoderConfig(
+            encoder_weights=str(args.weights / "taef2_encoder.pth"),
+            decoder_weights=str(args.weights / "taef2_decoder.pth"),
+        )
+        .setup()
+        .to(args.device)
+    )
+    with torch.no_grad():
+        ceiling = [psnr(autoencoder.reconstruct(image), image) for image in images]
+        averaged = [phase_averaged(autoencoder.encode, image, args.phases) for image in images]
+    print(f"D(E(I)), all {len(images)} images: {np.mean(ceiling):.2f} dB")
+
+    def evaluate(what: str) -> None:
+        with torch.no_grad():
+            of_averaged = [psnr(autoencoder.decode(averaged[i]), images[i], BORDER) for i in held]
+            of_plain = [psnr(autoencoder.reconstruct(images[i]), images[i], BORDER) for i in held]
+        print(
+            f"{what}: held-out D({args.phases}x{args.phases}-offset average of E) {np.mean(of_averaged):.2f} dB, "
+            f"D(E(I)) {np.mean(of_plain):.2f} dB",
+            flush=True,
+        )
+
+    evaluate("pretrained decoder")
+    optimizer = torch.optim.Adam(autoencoder.decoder_parameters(), lr=args.lr)
+    start = time.time()
+    n = CROP // LATENT_DOWNSCALE
+    for step in range(1, args.steps + 1):
+        loss = 0.0
+        for _ in range(args.crops):
+            i = train[rng.integers(len(train))]
+            y = int(rng.integers(averaged[i].shape[-2] - n))
+            x = int(rng.integers(averaged[i].shape[-1] - n))
+            target = images[i][..., 8 * y : 8 * y + CROP, 8 * x : 8 * x + CROP]
+            loss = loss + F.mse_loss(autoencoder.decode(averaged[i][..., y : y + n, x : x + n]), target) / args.crops
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step in (100, 250, 500, 1000, 2000, args.steps):
+            evaluate(f"decoder fine-tuned {step} steps ({time.time() - start:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
