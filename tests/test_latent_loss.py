@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from nerfstudio.data.scene_box import SceneBox
 
 from relsnerf_ns.data.relsnerf_datamanager import aligned_crop
 from relsnerf_ns.model.latent_targets import LatentTargets, encode_images, phase_averaged_encoding, shifted_by
@@ -106,6 +107,14 @@ def test_phase_averaged_targets_smooth_what_the_grid_offset_changes():
     (four,) = encode_images(block_means, [image], "cpu", phases=4)
     (one,) = encode_images(block_means, [image], "cpu")
     assert four.shape == one.shape == (3, 2, 3) and not torch.allclose(four, one)
+
+
+def test_latent_target_phases_outside_1_to_8_is_an_error_naming_the_flag():
+    config = copy.deepcopy(relsnerf_r32.config.pipeline.model)
+    config.latent_target_phases = 0
+    scene_box = SceneBox(aabb=torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]]))
+    with pytest.raises(ValueError, match=r"--pipeline.model.latent-target-phases must be 1 .* to 8 .*got 0"):
+        config.setup(scene_box=scene_box, num_train_data=2, metadata={}, device="cpu")
 
 
 def test_latent_loss_reaches_only_the_latent_field(model):

@@ -212,6 +212,11 @@ class RelsNerfModel(OfflineNerfactoModel):
         )
 
     def populate_modules(self) -> None:
+        if not 1 <= self.config.latent_target_phases <= LATENT_DOWNSCALE:
+            raise ValueError(
+                f"--pipeline.model.latent-target-phases must be 1 (plain E(I)) to {LATENT_DOWNSCALE} (every pixel "
+                f"offset of the 8x8 grid), got {self.config.latent_target_phases}"
+            )
         self.config.implementation = resolve_implementation(self.config.implementation)
         self.autoencoder = self.config.autoencoder.setup()
         super().populate_modules()  # nerfacto's modules, with our field (make_field) and without LPIPS downloads
