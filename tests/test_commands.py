@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Dict, List
 
@@ -57,12 +59,18 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(-10 * np.log10(np.mean((a - b) ** 2) + 1e-12))
 
 
-def test_ns_eval_reports_quality_and_speed_side_by_side(trained_run, tmp_path, offline_env):
-    output = tmp_path / "metrics.json"
+@pytest.fixture(scope="module")
+def evaluated(trained_run, tmp_path_factory, offline_env):
+    """ns-eval of the trained run: (its JSON's results, what it printed)."""
+    output = tmp_path_factory.mktemp("eval") / "metrics.json"
     result = run(
         [str(VENV_BIN / "ns-eval"), "--load-config", str(trained_run), "--output-path", str(output)], offline_env
     )
-    metrics = json.loads(output.read_text())["results"]
+    return json.loads(output.read_text())["results"], result
+
+
+def test_ns_eval_reports_quality_and_speed_side_by_side(evaluated):
+    metrics, result = evaluated
     for suffix in ("", "_rgb_nerf"):
         for key in ("psnr", "ssim", "ms_per_frame", "fps"):
             value = metrics[key + suffix]
@@ -80,6 +88,24 @@ def test_ns_eval_reports_quality_and_speed_side_by_side(trained_run, tmp_path, o
     assert "decoded" in result.stdout and "RGB-NeRF" in result.stdout
     rows = [line.replace("│", " ").replace("|", " ").split() for line in result.stdout.splitlines()]
     assert any(row[:1] == ["flip"] and len(row) == 3 for row in rows)  # the table's row: flip, decoded, RGB-NeRF
+
+
+def test_decoded_gap_script_splits_the_runs_figures_and_agrees_with_ns_eval(trained_run, evaluated, offline_env):
+    metrics, _ = evaluated
+    script = Path(__file__).parents[1] / "docs" / "scripts" / "decoded_gap.py"
+    result = run([sys.executable, str(script), "--load-config", str(trained_run), "--phases", "2"], offline_env)
+    pattern = re.compile(
+        r"^(training|held-out) views \((\d+)\): decoded ([\d.]+) dB, RGB-NeRF ([\d.]+) dB, D\(E\(I\)\) ([\d.]+) dB, "
+        r"D\(avg E\(I\)\) ([\d.]+) dB, latent error ([\d.]+)$"
+    )
+    rows = {m[1]: m for m in map(pattern.match, result.stdout.splitlines()) if m}
+    assert set(rows) == {"training", "held-out"}, result.stdout
+    held_out = rows["held-out"]
+    # The held-out figures are ns-eval's: the same renders, the same views.
+    assert float(held_out[3]) == pytest.approx(metrics["psnr"], abs=0.01)
+    assert float(held_out[4]) == pytest.approx(metrics["psnr_rgb_nerf"], abs=0.01)
+    for row in rows.values():
+        assert int(row[2]) > 0 and all(5 < float(row[k]) < 60 for k in (3, 4, 5, 6)) and float(row[7]) >= 0
 
 
 def test_ns_render_camera_path_writes_each_output(trained_run, loaded, tmp_path, offline_env):

@@ -6,14 +6,15 @@
 #
 # Phases A and B of each model are trained once with phase C off ("<model>B"); the phase-C variants continue from
 # that checkpoint (--load-dir), so they differ in phase C alone. Variants that change phase B train their own run.
-# Every run is evaluated with ns-eval (decoded and RGB-NeRF outputs on the held-out views); the table of all
-# results is written to OUT/ablation.md. Short preset, seed 42, as relsnerf-bench. Without VARIANT arguments every
-# variant below runs, in this order (about 65 minutes on one H200); name some to run only those (the B runs they
-# continue from run first when missing).
+# Every run is evaluated with ns-eval (decoded and RGB-NeRF outputs on the held-out views) and decoded_gap.py
+# (where its decoded output loses); the table of all results, with each run's split, is written to OUT/ablation.md.
+# Short preset, seed 42, as relsnerf-bench. Without VARIANT arguments every variant below runs, in this order (about
+# 65 minutes on one H200); name some to run only those (the B runs they continue from run first when missing).
 set -u
 DATA=$1 OUT=$2 TAEF2=$3
 shift 3
 RUNS=$OUT/runs
+SCRIPTS=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$RUNS"
 TINY_WEIGHTS="--pipeline.model.autoencoder.encoder-weights $TAEF2/taef2_encoder.pth --pipeline.model.autoencoder.decoder-weights $TAEF2/taef2_decoder.pth"
 COMMON="--machine.seed 42 --vis tensorboard --steps-per-eval-batch 1000000 --steps-per-eval-image 1000000
@@ -37,6 +38,9 @@ train() {  # name method args...
     ns-eval --load-config "$(config_of "$name")" --output-path "$OUT/eval_$name.json" \
         --render-output-path "$OUT/images_$name" > "$OUT/eval_$name.log" 2>&1
     log "evaluated $name (exit $?)"
+    # Where its decoded output loses: training vs held-out views, the autoencoder's ceiling, the latent error.
+    python3 "$SCRIPTS/decoded_gap.py" --load-config "$(config_of "$name")" > "$OUT/gap_$name.txt" 2> "$OUT/gap_$name.log"
+    log "split $name's gap (exit $?)"
 }
 from_b() { echo "--load-dir $RUNS/$1/$2/run/nerfstudio_models"; }
 
@@ -107,6 +111,8 @@ for path in sorted(out.glob("eval_*.json")):
         f"{r['psnr_rgb_nerf']:.2f} | {r['ssim_rgb_nerf']:.3f} | {r.get('flip_rgb_nerf', float('nan')):.3f} | "
         f"{r['ms_per_frame']:.1f} |"
     )
+for path in sorted(out.glob("gap_*.txt")):
+    rows += ["", f"{path.stem[4:]}:", *("    " + line for line in path.read_text().splitlines()[-2:])]
 (out / "ablation.md").write_text("\n".join(rows) + "\n")
 print("\n".join(rows))
 EOF
