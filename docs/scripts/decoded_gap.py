@@ -21,12 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from nerfstudio.utils.eval_utils import eval_setup
+from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from relsnerf_ns.model.latent_targets import LATENT_DOWNSCALE, phase_averaged_encoding
 
 
 def psnr(image: torch.Tensor, target: torch.Tensor) -> float:
-    return float(-10 * torch.log10(((image.clamp(0, 1) - target) ** 2).mean()))
+    return float(peak_signal_noise_ratio(image.clamp(0, 1), target, data_range=1.0))
 
 
 @torch.no_grad()

@@ -25,7 +25,7 @@ from PIL import Image
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from relsnerf_ns.autoencoders.tiny import TinyAutoencoderConfig
-from relsnerf_ns.model.latent_targets import LATENT_DOWNSCALE, at_fractional_offset
+from relsnerf_ns.model.latent_targets import LATENT_DOWNSCALE, phase_averaged_encoding
 
 BORDER = 16
 CROP = 256
@@ -36,14 +36,9 @@ def load(path: Path, device: str) -> torch.Tensor:
     return image[..., : image.shape[-2] // 8 * 8, : image.shape[-1] // 8 * 8].to(device)
 
 
-def phase_averaged(encode, image: torch.Tensor, phases: int) -> torch.Tensor:
-    offsets = [LATENT_DOWNSCALE * k // phases for k in range(phases)]
-    latents = [
-        at_fractional_offset(encode(torch.roll(image, (dy, dx), dims=(-2, -1))), dy / 8, dx / 8)
-        for dy in offsets
-        for dx in offsets
-    ]
-    return torch.stack(latents).mean(0)
+def rolled(image: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """The image's content moved by (dy, dx), wrapping around (how the figures in docs/method.md were measured)."""
+    return torch.roll(image, (dy, dx), dims=(-2, -1))
 
 
 def psnr(decoded: torch.Tensor, image: torch.Tensor, border: int = 0) -> float:
@@ -77,7 +72,7 @@ def main() -> None:
     )
     with torch.no_grad():
         ceiling = [psnr(autoencoder.reconstruct(image), image) for image in images]
-        averaged = [phase_averaged(autoencoder.encode, image, args.phases) for image in images]
+        averaged = [phase_averaged_encoding(autoencoder.encode, image, args.phases, rolled) for image in images]
     print(f"D(E(I)), all {len(images)} images: {np.mean(ceiling):.2f} dB")
 
     def evaluate(what: str) -> None:

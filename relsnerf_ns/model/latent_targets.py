@@ -90,7 +90,10 @@ def at_fractional_offset(latent: Float[Tensor, "1 n h w"], fy: float, fx: float)
 
 @torch.no_grad()
 def phase_averaged_encoding(
-    encode: Callable[[Tensor], Tensor], image: Float[Tensor, "1 3 H W"], phases: int
+    encode: Callable[[Tensor], Tensor],
+    image: Float[Tensor, "1 3 H W"],
+    phases: int,
+    shift: Callable[[Tensor, int, int], Tensor] = shifted_by,
 ) -> Float[Tensor, "1 n h w"]:
     """E(I) averaged over `phases` x `phases` sub-block offsets of the 8x8 grid, each resampled at the original block
     centres.
@@ -99,7 +102,7 @@ def phase_averaged_encoding(
     block depends on where in it the content lies, so the encoder's latents of one point disagree between views. A
     latent field that all views share can only render something like their mean over those offsets; this target is
     that mean, the same for every view, instead of a different inconsistent target per view. With phases = 1 it is
-    E(I)."""
+    E(I). `shift(image, dy, dx)` moves the content (default: edges replicated)."""
     if phases <= 1:
         return encode(image)
     offsets = [LATENT_DOWNSCALE * k // phases for k in range(phases)]
@@ -107,9 +110,7 @@ def phase_averaged_encoding(
     for dy in offsets:
         for dx in offsets:
             # Content moved by (dy, dx): original block centre 8i + 4 sits at latent index i + dy / 8 of this map.
-            latent = at_fractional_offset(
-                encode(shifted_by(image, dy, dx)), dy / LATENT_DOWNSCALE, dx / LATENT_DOWNSCALE
-            )
+            latent = at_fractional_offset(encode(shift(image, dy, dx)), dy / LATENT_DOWNSCALE, dx / LATENT_DOWNSCALE)
             total = latent if total is None else total + latent
     return total / len(offsets) ** 2
 

@@ -196,9 +196,10 @@ class RelsNerfPipeline(VanillaPipeline):
             return None
         background = self.datamanager.alpha_background
         images = [blend_alpha(image, background) for image in self.datamanager.train_images]
-        maps = encode_images(model.autoencoder.encode, images, self.device, model.config.latent_target_phases)
+        phases = model.config.latent_target_phases
+        maps = encode_images(model.autoencoder.encode, images, self.device, phases)
         model.latent_targets = LatentTargets(maps)
-        std, phases = model.latent_targets.std, model.config.latent_target_phases
+        std = model.latent_targets.std
         CONSOLE.print(
             f"Latent loss L_z on: encoder latents of {len(maps)} training images ({model.latent_targets.channels} "
             f"channels, spread {float(std.min()):.3g}-{float(std.max()):.3g}, averaged over {phases}^2 grid offsets) "
