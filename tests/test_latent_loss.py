@@ -240,6 +240,40 @@ def test_phase_c_crops_the_latent_maps_that_inference_renders(scene, tmp_path):
     torch.testing.assert_close(latent, latents["train"][1][top // 8 : top // 8 + 4, left // 8 : left // 8 + 4])
 
 
+def test_phase_c_crops_anywhere_render_the_latents_of_their_blocks(scene, tmp_path):
+    config = tiny_config("relsnerf-r32", scene, tmp_path, steps=(1, 2, 2))
+    config.pipeline.distill_crop_alignment = "any"
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    losses = phase_b_losses(trainer, range(5))
+    assert losses[Phase.DISTILL] == {"distill_real_loss", "distill_render_loss"}
+    pipeline, model = trainer.pipeline, trainer.pipeline.model
+    assert pipeline.distill_latents is None  # no maps cached: each step renders its crops' rays
+    cameras, images = pipeline.datamanager.train_cameras, pipeline.datamanager.train_images
+    renders = pipeline.distill_renders
+    offsets = set()
+    for seed in range(6):
+        torch.manual_seed(seed)
+        batch = pipeline._next_distill_batch()
+        assert batch.latents.shape == (3, 6, 6, 8) and batch.targets.shape == (3, 3, 48, 48)  # 48x64 images
+        # The same draws: the real image, two renders, then each crop's top and left at any pixel.
+        torch.manual_seed(seed)
+        picks = [(cameras, images, int(torch.randint(len(images), (1,))))]
+        picks += [(renders.cameras, renders.images, int(torch.randint(len(renders.images), (1,)))) for _ in range(2)]
+        model.eval()
+        for k, (cams, imgs, index) in enumerate(picks):
+            top = int(torch.randint(imgs[index].shape[0] - 48 + 1, (1,)))
+            left = int(torch.randint(imgs[index].shape[1] - 48 + 1, (1,)))
+            offsets.add((top % 8, left % 8))
+            torch.testing.assert_close(
+                batch.targets[k], imgs[index][top : top + 48, left : left + 48, :3].permute(2, 0, 1)
+            )
+            with torch.no_grad():
+                direct = model.render_latents(latent_ray_bundle(cams, index, top, left, 6, 6).flatten())["latent"]
+            torch.testing.assert_close(batch.latents[k].reshape(36, -1), direct, atol=1e-5, rtol=1e-5)
+    assert len(offsets) > 1 and offsets != {(0, 0)}  # crops start inside blocks, not only on the grid
+
+
 def _llff(root):
     from relsnerf_ns.data.llff_dataparser import LLFFDataParserConfig
 

@@ -91,10 +91,20 @@ tiny_c_decoder_rate() {  # phase C's decoder rate 3e-4, not halved (the default:
     train tiny_c_decoder_rate relsnerf-tiny $TINY_WEIGHTS --optimizers.ae-decoder.scheduler.phase-c.lr 3e-4 \
         --optimizers.ae-decoder.scheduler.phase-c.halve-every 0 $(from_b tinyB relsnerf-tiny)
 }
+# Phase-C crops at any pixel, their latent rays rendered each step (the default crops on the 8-pixel grid).
+ANYWHERE="--pipeline.distill-crop-alignment any"
+# shellcheck disable=SC2086
+tiny_c_anywhere() { tinyB; train tiny_c_anywhere relsnerf-tiny $TINY_WEIGHTS $ANYWHERE $(from_b tinyB relsnerf-tiny); }
+# shellcheck disable=SC2086
+tiny_c_anywhere_long() {  # 2,000 phase-C steps with the short preset's 64 renders
+    tinyB
+    train tiny_c_anywhere_long relsnerf-tiny $TINY_WEIGHTS $ANYWHERE --pipeline.phases.distill-steps 2000 \
+        $(from_b tinyB relsnerf-tiny)
+}
 
 VARIANTS=("$@")
 [ ${#VARIANTS[@]} -eq 0 ] && VARIANTS=(tiny_c_short tinyB_paper_nerf_rate tinyB_phase_targets tiny_phase_targets_c_short
-    tinyB_view_free_latents tiny_c_decoder_rate tiny_c_paper r32_c_short r32_c_large_crops tiny_four_patches
+    tinyB_view_free_latents tiny_c_decoder_rate tiny_c_anywhere tiny_c_anywhere_long tiny_c_paper r32_c_short r32_c_large_crops tiny_four_patches
     tiny_lz_tenth r32_c_paper tiny_paper_recipe)
 for variant in "${VARIANTS[@]}"; do "$variant"; done
 

@@ -6,10 +6,11 @@ phase, and at the learning rate, that its step belongs to. Each phase's loss onl
 
 from __future__ import annotations
 
+import contextlib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Mapping, Optional, Type
+from typing import Any, Dict, Iterator, List, Literal, Mapping, Optional, Tuple, Type
 
 import torch
 import torch.distributed as dist
@@ -19,6 +20,7 @@ from nerfstudio.models.base_model import ModelConfig
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 from rich.table import Table
+from torch import Tensor
 from torch.cuda.amp.grad_scaler import GradScaler
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.profiler import record_function
@@ -30,6 +32,7 @@ from relsnerf_ns.data.relsnerf_datamanager import (
     aligned_crop,
     blend_alpha,
     largest_patch,
+    random_patch,
 )
 from relsnerf_ns.evaluation.held_out import DECODED, held_out_views
 from relsnerf_ns.model.latent_targets import LatentTargets, encode_images
@@ -66,6 +69,11 @@ class RelsNerfPipelineConfig(VanillaPipelineConfig):
     """Seed of the interpolated cameras (fixed so a resumed run finds the same renders)."""
     distill_render_dir: Optional[Path] = None
     """Where phase C keeps its renders; the trainer sets it to the run directory (None: memory only)."""
+    distill_crop_alignment: Literal["grid", "any"] = "grid"
+    """Where phase-C crops start. 'grid': at multiples of 8 pixels, cropping latent maps rendered once per camera, on
+    the grid that inference renders (the paper). 'any': at any pixel, with the latent rays of each crop rendered at
+    its step, so the decoder also learns the field's latents of content that falls anywhere inside an 8x8 block, as
+    it does in novel views."""
 
 
 class RelsNerfPipeline(VanillaPipeline):
@@ -208,39 +216,73 @@ class RelsNerfPipeline(VanillaPipeline):
         return model.latent_targets
 
     def _next_distill_batch(self) -> DistillBatch:
-        """Decoder fine-tuning (eq. 4) on crops of the latent maps of real images and of RGB-NeRF renders.
+        """Decoder fine-tuning (eq. 4) on crops of real images and of RGB-NeRF renders, with their latent maps.
 
-        The latent field is frozen in phase C, so each camera's latent map is rendered once (`ensure_distill_data`)
-        and a step crops it: crops start at multiples of 8 pixels, on the latent grid that inference renders."""
+        The latent field is frozen in phase C. With grid-aligned crops each camera's latent map is rendered once
+        (`ensure_distill_latents`) and a step crops it at multiples of 8 pixels; with crops anywhere, a step renders
+        the latent rays of its crops (`distill_crop_alignment`)."""
         renders = self.ensure_distill_renders()
-        latents = self.ensure_distill_latents()
         train_images = self.datamanager.train_images
         size = largest_patch(self.datamanager.patch_sizes["distill_crop"], renders.images or train_images)
         background = self.datamanager.alpha_background
         real = int(torch.randint(len(train_images), (1,)))
-        crops = [aligned_crop(train_images[real], latents["train"][real], size, background)]
+        picks = [("train", real)]
         for _ in range(self.config.distill_renders_per_step if renders.images else 0):
-            index = int(torch.randint(len(renders.images), (1,)))
-            crops.append(aligned_crop(renders.images[index], latents["renders"][index], size))
+            picks.append(("renders", int(torch.randint(len(renders.images), (1,)))))
+        if self.config.distill_crop_alignment == "grid":
+            latents = self.ensure_distill_latents()
+            images = {"train": train_images, "renders": renders.images}
+            crops = [
+                aligned_crop(images[kind][index], latents[kind][index], size, background if kind == "train" else None)
+                for kind, index in picks
+            ]
+        else:
+            crops = [self._crop_anywhere(kind, index, size) for kind, index in picks]
         # Real images may live on the device (--pipeline.datamanager.images-on-gpu), renders stay on the host.
         targets = torch.stack([image.to(self.device) for image, _ in crops])
         with torch.no_grad():
             latent_batch = torch.stack([latent.to(self.device) for _, latent in crops])
         return DistillBatch(latent_batch, targets, 1, self.config.distill_real_weight)
 
+    def _crop_anywhere(self, kind: str, index: int, size: int) -> Tuple[Tensor, Tensor]:
+        """A crop at any pixel of a training image or render, and the latent map its blocks' rays render."""
+        if kind == "train":
+            cameras, images = self.datamanager.train_cameras, self.datamanager.train_images
+            background = self.datamanager.alpha_background
+        else:
+            cameras, images, background = (
+                self.ensure_distill_renders().cameras,
+                self.ensure_distill_renders().images,
+                None,
+            )
+        patch = random_patch(cameras.to(self.device), images, size, index, background=background)
+        model = self.relsnerf_model
+        with self._inference_sampling(), torch.no_grad():
+            latent = model.render_latents(patch.ray_bundle.flatten())["latent"]
+        return patch.image, latent.float().view(patch.latent_size, patch.latent_size, -1)
+
+    @contextlib.contextmanager
+    def _inference_sampling(self) -> Iterator[None]:
+        """The model in eval mode with the proposal weights' annealing exponent of a loaded model (nerfstudio's
+        default, 1): the latents phase C sees are those that inference renders, at whichever phase-C step a (resumed)
+        run makes them, also when phase B was too short for nerfacto's anneal schedule to reach 1."""
+        model = self.relsnerf_model
+        was_training, anneal = model.training, model.proposal_sampler._anneal
+        model.eval()
+        model.proposal_sampler.set_anneal(1.0)
+        try:
+            yield
+        finally:
+            model.proposal_sampler.set_anneal(anneal)
+            model.train(was_training)
+
     def ensure_distill_latents(self) -> Dict[str, List[torch.Tensor]]:
         """The latent maps [rows, cols, n] of every training camera and every phase-C render camera, made once."""
         if self.distill_latents is None:
             model = self.relsnerf_model
             renders = self.ensure_distill_renders()
-            was_training, anneal = model.training, model.proposal_sampler._anneal
-            model.eval()
-            # The proposal weights' annealing exponent of a loaded model (nerfstudio's default, 1): the maps are those
-            # that inference renders, and the same at whichever phase-C step a (resumed) run makes them, also when
-            # phase B was too short for nerfacto's anneal schedule to reach 1.
-            model.proposal_sampler.set_anneal(1.0)
             cameras = self.datamanager.train_cameras
-            try:
+            with self._inference_sampling():
                 self.distill_latents = {
                     "train": [model.render_latent_frame(cameras[i : i + 1])["latent"] for i in range(len(cameras))],
                     "renders": [
@@ -248,9 +290,6 @@ class RelsNerfPipeline(VanillaPipeline):
                         for i in range(len(renders.cameras))
                     ],
                 }
-            finally:
-                model.proposal_sampler.set_anneal(anneal)
-                model.train(was_training)
         return self.distill_latents
 
     @property
