@@ -102,9 +102,35 @@ tiny_c_anywhere_long() {  # 2,000 phase-C steps with the short preset's 64 rende
         $(from_b tinyB relsnerf-tiny)
 }
 
+# Phase B with the decoder frozen at its pretrained weights (the default trains it at 1e-4 beside the NeRF): the
+# pretrained decoder keeps its own ceiling D(E(I)), and the latent field alone adapts to it.
+FROZEN_DECODER="--optimizers.ae-decoder.scheduler.phase-b.lr 0"
+# shellcheck disable=SC2086
+tinyB_frozen_decoder() {
+    train tinyB_frozen_decoder relsnerf-tiny $TINY_WEIGHTS $FROZEN_DECODER --pipeline.phases.distill-steps 0
+}
+# shellcheck disable=SC2086
+tiny_frozen_decoder_c_anywhere() {
+    tinyB_frozen_decoder
+    train tiny_frozen_decoder_c_anywhere relsnerf-tiny $TINY_WEIGHTS $FROZEN_DECODER $ANYWHERE \
+        $(from_b tinyB_frozen_decoder relsnerf-tiny)
+}
+
+# A latent branch with twice the hidden width and features per hash-grid level (default 64 and 2).
+WIDE_LATENTS="--pipeline.model.latent-hidden-dim 128 --pipeline.model.latent-features-per-level 4"
+# shellcheck disable=SC2086
+tinyB_wide_latents() { train tinyB_wide_latents relsnerf-tiny $TINY_WEIGHTS $WIDE_LATENTS --pipeline.phases.distill-steps 0; }
+# shellcheck disable=SC2086
+tiny_wide_latents_c_anywhere() {
+    tinyB_wide_latents
+    train tiny_wide_latents_c_anywhere relsnerf-tiny $TINY_WEIGHTS $WIDE_LATENTS $ANYWHERE \
+        $(from_b tinyB_wide_latents relsnerf-tiny)
+}
+
 VARIANTS=("$@")
 [ ${#VARIANTS[@]} -eq 0 ] && VARIANTS=(tiny_c_short tinyB_paper_nerf_rate tinyB_phase_targets tiny_phase_targets_c_short
-    tinyB_view_free_latents tiny_c_decoder_rate tiny_c_anywhere tiny_c_anywhere_long tiny_c_paper r32_c_short r32_c_large_crops tiny_four_patches
+    tinyB_view_free_latents tiny_c_decoder_rate tiny_c_anywhere tiny_c_anywhere_long tinyB_frozen_decoder
+    tiny_frozen_decoder_c_anywhere tinyB_wide_latents tiny_wide_latents_c_anywhere tiny_c_paper r32_c_short r32_c_large_crops tiny_four_patches
     tiny_lz_tenth r32_c_paper tiny_paper_recipe)
 for variant in "${VARIANTS[@]}"; do "$variant"; done
 
