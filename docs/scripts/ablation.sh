@@ -9,7 +9,7 @@
 # Every run is evaluated with ns-eval (decoded and RGB-NeRF outputs on the held-out views) and decoded_gap.py
 # (where its decoded output loses); the table of all results, with each run's split, is written to OUT/ablation.md.
 # Short preset, seed 42, as relsnerf-bench. Without VARIANT arguments every variant below runs, in this order (about
-# 65 minutes on one H200); name some to run only those (the B runs they continue from run first when missing).
+# 95 minutes on one H200); name some to run only those (the B runs they continue from run first when missing).
 set -u
 DATA=$1 OUT=$2 TAEF2=$3
 shift 3
@@ -127,10 +127,25 @@ tiny_wide_latents_c_anywhere() {
         $(from_b tinyB_wide_latents relsnerf-tiny)
 }
 
+# Phase B also trains the encoder: its latents of each step's patch crop pulled towards the field's (weight 0.1, in
+# latent spreads), its reconstruction of the crop kept (weight 1); L_z's targets re-encoded every 250 steps.
+ADAPT_ENCODER="--pipeline.model.encoder-adaptation-mult 0.1 --optimizers.ae-encoder.scheduler.phase-b.lr 1e-4"
+# shellcheck disable=SC2086
+tinyB_encoder_adaptation() {
+    train tinyB_encoder_adaptation relsnerf-tiny $TINY_WEIGHTS $ADAPT_ENCODER --pipeline.phases.distill-steps 0
+}
+# shellcheck disable=SC2086
+tiny_encoder_adaptation_c_anywhere() {
+    tinyB_encoder_adaptation
+    train tiny_encoder_adaptation_c_anywhere relsnerf-tiny $TINY_WEIGHTS $ADAPT_ENCODER $ANYWHERE \
+        $(from_b tinyB_encoder_adaptation relsnerf-tiny)
+}
+
 VARIANTS=("$@")
 [ ${#VARIANTS[@]} -eq 0 ] && VARIANTS=(tiny_c_short tinyB_paper_nerf_rate tinyB_phase_targets tiny_phase_targets_c_short
     tinyB_view_free_latents tiny_c_decoder_rate tiny_c_anywhere tiny_c_anywhere_long tinyB_frozen_decoder
-    tiny_frozen_decoder_c_anywhere tinyB_wide_latents tiny_wide_latents_c_anywhere tiny_c_paper r32_c_short r32_c_large_crops tiny_four_patches
+    tiny_frozen_decoder_c_anywhere tinyB_wide_latents tiny_wide_latents_c_anywhere
+    tinyB_encoder_adaptation tiny_encoder_adaptation_c_anywhere tiny_c_paper r32_c_short r32_c_large_crops tiny_four_patches
     tiny_lz_tenth r32_c_paper tiny_paper_recipe)
 for variant in "${VARIANTS[@]}"; do "$variant"; done
 

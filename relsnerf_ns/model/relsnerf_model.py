@@ -130,6 +130,18 @@ class RelsNerfModelConfig(NerfactoModelConfig):
     """L_z's targets: the encoder's latents averaged over this many x this many offsets of the 8x8 block grid (the
     views of a point disagree on its latent by where in its block it falls; the average is what a latent field shared
     by all views can render). 1: the plain E(I)."""
+    encoder_adaptation_mult: float = 0.0
+    """Phase B (beyond the paper): weight of pulling the encoder's latents of each step's latent-patch crop towards the
+    latents the field renders there (the field detached; in units of each latent channel's spread, as L_z). The views
+    of a point disagree on its latent, so a field shared by all views renders something like their mean, which the
+    decoder decodes softly; this term makes the encoder agree with what a 3D field can render, and
+    `encoder_reconstruction_mult` keeps its latents decodable. With L_z on, its targets are then re-encoded every
+    `latent_target_refresh_every` steps. 0 (the default): the encoder is frozen after phase A, as in the paper."""
+    encoder_reconstruction_mult: float = 1.0
+    """With encoder adaptation on: weight of the autoencoder's reconstruction MSE on the same crop, D(E(crop)) against
+    the crop (reaches encoder and decoder)."""
+    latent_target_refresh_every: int = 250
+    """With encoder adaptation on: re-encode L_z's targets of the training images every this many phase-B steps."""
     depth_sigma: float = 0.01
     """Spread of the DS-NeRF depth loss around each sparse point (nerfstudio's convention: exp(-d^2 / (2 sigma)))."""
     patch_loss_mult: float = 1.0
@@ -319,7 +331,30 @@ class RelsNerfModel(OfflineNerfactoModel):
             patch_mse = F.mse_loss(self.decode_latent_map(patch_latent.view(len(patches), n, n, -1)), target)
         loss_dict["patch_loss"] = self.config.patch_loss_mult * patch_mse
         metrics["patch_psnr"] = psnr_from_mse(patch_mse.detach(), 1e-10)
+        if self.config.encoder_adaptation_mult > 0:
+            with record_function("relsnerf/encoder_adaptation"):
+                loss_dict.update(self._encoder_adaptation_losses(target, patch_latent.view(len(patches), n, n, -1)))
         return outputs, loss_dict, metrics
+
+    def _encoder_adaptation_losses(
+        self, crops: Float[Tensor, "patches 3 size size"], field_latent: Float[Tensor, "patches n n channels"]
+    ) -> Dict[str, Tensor]:
+        """The encoder pulled towards the field's latents of the same crops (the field detached: this term moves the
+        encoder alone), and the reconstruction of the crops through E and D (encoder and decoder)."""
+        encoded = self.autoencoder.encode(crops)
+        field_latent = field_latent.detach().permute(0, 3, 1, 2).float()
+        # Each channel in units of its spread over the training latents (L_z's), so the weight means the same for
+        # every autoencoder; without L_z's targets, the spread of the field's latents of this step.
+        if self.latent_targets is not None:
+            spread = self.latent_targets.std.to(encoded.device)
+        else:
+            spread = field_latent.std(dim=(0, 2, 3)).clamp_min(1e-3)
+        agreement = (((encoded.float() - field_latent) / spread[None, :, None, None]) ** 2).mean()
+        reconstruction = F.mse_loss(self.autoencoder.decode(encoded), crops)
+        return {
+            "encoder_adaptation_loss": self.config.encoder_adaptation_mult * agreement,
+            "encoder_reconstruction_loss": self.config.encoder_reconstruction_mult * reconstruction,
+        }
 
     def _render_joint_rays(
         self, colour_rays: RayBundle, patch_rays: List[RayBundle], depth: Optional[Tuple[RayBundle, Tensor, Tensor]]

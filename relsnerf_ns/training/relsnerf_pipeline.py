@@ -170,7 +170,7 @@ class RelsNerfPipeline(VanillaPipeline):
         if phase == Phase.AE_PRETRAIN:
             return AutoencoderBatch(self.datamanager.next_ae_batch(step))
         if phase == Phase.JOINT:
-            self.ensure_latent_targets()
+            self.ensure_latent_targets(step)
             with record_function("relsnerf/data"):
                 ray_bundle, batch = self.datamanager.next_joint(step)
             return JointBatch(ray_bundle, batch)
@@ -185,13 +185,17 @@ class RelsNerfPipeline(VanillaPipeline):
         metrics["phase"] = torch.tensor(float(phase[type(train_batch)].index))
         return outputs, loss_dict, metrics
 
-    def ensure_latent_targets(self) -> Optional[LatentTargets]:
-        """Encode the training images once, at the first phase-B step of this process, when L_z is on (said once).
+    def ensure_latent_targets(self, step: Optional[int] = None) -> Optional[LatentTargets]:
+        """Encode the training images at the first phase-B step of this process, when L_z is on (said once).
 
-        The encoder is frozen from phase B on, so the targets are the same in a resumed run. They need an encoder
+        Without encoder adaptation the encoder is frozen from phase B on, so the targets are the same all phase long
+        and in a resumed run. With it (`--pipeline.model.encoder-adaptation-mult`), they are re-encoded with the
+        current encoder every `latent_target_refresh_every` phase-B steps (`step` given). The targets need an encoder
         that has learnt something: a pretrained one, or one that phase A trained."""
         model = self.relsnerf_model
         if self._latent_targets_decided:
+            if model.latent_targets is not None and step is not None and self._latent_targets_refresh_due(step):
+                model.latent_targets = LatentTargets(self._encode_training_images())
             return model.latent_targets
         self._latent_targets_decided = True
         if model.config.latent_loss_weight() <= 0:
@@ -202,18 +206,32 @@ class RelsNerfPipeline(VanillaPipeline):
                 "its latents are no targets; the latent field learns through the decoder (L_p) alone."
             )
             return None
-        background = self.datamanager.alpha_background
-        images = [blend_alpha(image, background) for image in self.datamanager.train_images]
-        phases = model.config.latent_target_phases
-        maps = encode_images(model.autoencoder.encode, images, self.device, phases)
+        maps = self._encode_training_images()
         model.latent_targets = LatentTargets(maps)
         std = model.latent_targets.std
+        refresh = ""
+        if model.config.encoder_adaptation_mult > 0:
+            refresh = f" (re-encoded every {model.config.latent_target_refresh_every} steps: the encoder adapts)"
         CONSOLE.print(
             f"Latent loss L_z on: encoder latents of {len(maps)} training images ({model.latent_targets.channels} "
-            f"channels, spread {float(std.min()):.3g}-{float(std.max()):.3g}, averaged over {phases}^2 grid offsets) "
-            "supervise the latent of every colour ray."
+            f"channels, spread {float(std.min()):.3g}-{float(std.max()):.3g}, averaged over "
+            f"{model.config.latent_target_phases}^2 grid offsets) supervise the latent of every colour ray{refresh}."
         )
         return model.latent_targets
+
+    def _encode_training_images(self) -> List[torch.Tensor]:
+        """E(I) of every training image (alpha blended as the colour targets), averaged over grid offsets as set."""
+        model = self.relsnerf_model
+        background = self.datamanager.alpha_background
+        images = [blend_alpha(image, background) for image in self.datamanager.train_images]
+        return encode_images(model.autoencoder.encode, images, self.device, model.config.latent_target_phases)
+
+    def _latent_targets_refresh_due(self, step: int) -> bool:
+        config = self.relsnerf_model.config
+        if config.encoder_adaptation_mult <= 0 or config.latent_target_refresh_every <= 0:
+            return False
+        since = step - self.schedule.start_of(Phase.JOINT)
+        return since > 0 and since % config.latent_target_refresh_every == 0
 
     def _next_distill_batch(self) -> DistillBatch:
         """Decoder fine-tuning (eq. 4) on crops of real images and of RGB-NeRF renders, with their latent maps.

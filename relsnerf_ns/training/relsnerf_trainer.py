@@ -121,6 +121,7 @@ class RelsNerfTrainer(Trainer):
     def setup(self, test_mode: Literal["test", "val", "inference"] = "val") -> None:
         self._remove_partial_checkpoints()
         try:
+            self._check_encoder_adaptation_rate()
             self.config.pipeline.distill_render_dir = self._distill_render_dir()
             super().setup(test_mode=test_mode)
             self.pipeline.config.distill_render_dir = self.config.pipeline.distill_render_dir
@@ -135,6 +136,19 @@ class RelsNerfTrainer(Trainer):
                 CONSOLE.print(f"[bold yellow]{message}.")
                 raise TrainingInterrupted(signal.SIGINT, message) from None
             raise
+
+    def _check_encoder_adaptation_rate(self) -> None:
+        """Encoder adaptation trains the encoder in phase B, where its default rate is 0 (frozen, as in the paper)."""
+        model = getattr(self.config.pipeline, "model", None)
+        scheduler = self.config.optimizers.get("ae_encoder", {}).get("scheduler")
+        if getattr(model, "encoder_adaptation_mult", 0.0) <= 0 or not isinstance(scheduler, PhasedSchedulerConfig):
+            return
+        if scheduler.phase_b.lr <= 0:
+            raise ValueError(
+                f"--pipeline.model.encoder-adaptation-mult {model.encoder_adaptation_mult} trains the encoder in "
+                "phase B, but its phase-B rate is 0 (the encoder is frozen there by default). Give it one, e.g. "
+                "--optimizers.ae-encoder.scheduler.phase-b.lr 1e-4, or set the mult to 0."
+            )
 
     def _remove_run_folder_of_failed_setup(self) -> None:
         """ns-train writes config.yml into a new run folder before set-up; a set-up that fails leaves nothing else in
