@@ -9,6 +9,11 @@ Prints, on an LLFF-style split (every 8th image held out):
    offset's latent resampled at the original block centres): what a latent field that all views share can render;
 3. the same after fine-tuning the decoder on such averaged latents of the training images (`--steps` steps of
    `--crops` 256x256 crops, Adam at `--lr`), next to D(E(I)) of the held-out images with that decoder.
+With `--adapt autoencoder`, step 3 also trains the encoder, as `--pipeline.model.encoder-adaptation-mult` does in
+phase B: its latents of each crop are pulled towards the offset average of its image (the stand-in for what a shared
+field renders; detached, re-encoded every `--refresh-every` steps; weight `--agreement-mult`, in units of each
+channel's spread) while it keeps reconstructing the crop, and the held-out averages are re-encoded with it. The
+latent error printed is the offset average's mean squared difference to E(I), relative to E(I)'s variance.
 The offsets move the image with torch.roll (content wraps around); the held-out figures leave a 16-pixel border out.
 """
 
@@ -55,7 +60,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--crops", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--adapt", choices=("decoder", "autoencoder"), default="decoder", help="what step 3 trains")
+    parser.add_argument("--agreement-mult", type=float, default=0.1, help="with --adapt autoencoder")
+    parser.add_argument("--refresh-every", type=int, default=250, help="re-encode the training averages")
+    parser.add_argument("--crop", type=int, default=CROP, help="crop side in pixels (multiple of 8)")
     args = parser.parse_args()
+    crop_size = args.crop
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     files = sorted(p for p in args.images.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
@@ -75,33 +85,63 @@ def main() -> None:
         averaged = [phase_averaged_encoding(autoencoder.encode, image, args.phases, rolled) for image in images]
     print(f"D(E(I)), all {len(images)} images: {np.mean(ceiling):.2f} dB")
 
+    spread = torch.cat([a.flatten(2) for a in averaged], dim=2).std(dim=(0, 2))[None, :, None, None]
+
     def evaluate(what: str) -> None:
         with torch.no_grad():
+            if args.adapt == "autoencoder":  # the encoder changed: so did the averages
+                for i in held:
+                    averaged[i] = phase_averaged_encoding(autoencoder.encode, images[i], args.phases, rolled)
             of_averaged = [psnr(autoencoder.decode(averaged[i]), images[i], BORDER) for i in held]
             of_plain = [psnr(autoencoder.reconstruct(images[i]), images[i], BORDER) for i in held]
+            error = [float(((averaged[i] - (z := autoencoder.encode(images[i]))) ** 2).mean() / z.var()) for i in held]
         print(
             f"{what}: held-out D({args.phases}x{args.phases}-offset average of E) {np.mean(of_averaged):.2f} dB, "
-            f"D(E(I)) {np.mean(of_plain):.2f} dB",
+            f"D(E(I)) {np.mean(of_plain):.2f} dB, latent error of the average {np.mean(error):.3f}",
             flush=True,
         )
 
-    evaluate("pretrained decoder")
-    optimizer = torch.optim.Adam(autoencoder.decoder_parameters(), lr=args.lr)
+    evaluate("pretrained autoencoder")
+    trained = autoencoder.decoder_parameters()
+    if args.adapt == "autoencoder":
+        trained = trained + autoencoder.encoder_parameters()
+    optimizer = torch.optim.Adam(trained, lr=args.lr)
     start = time.time()
-    n = CROP // LATENT_DOWNSCALE
+    n = crop_size // LATENT_DOWNSCALE
     for step in range(1, args.steps + 1):
         loss = 0.0
         for _ in range(args.crops):
             i = train[rng.integers(len(train))]
             y = int(rng.integers(averaged[i].shape[-2] - n))
             x = int(rng.integers(averaged[i].shape[-1] - n))
-            target = images[i][..., 8 * y : 8 * y + CROP, 8 * x : 8 * x + CROP]
-            loss = loss + F.mse_loss(autoencoder.decode(averaged[i][..., y : y + n, x : x + n]), target) / args.crops
+            target = images[i][..., 8 * y : 8 * y + crop_size, 8 * x : 8 * x + crop_size]
+            if args.adapt == "decoder":
+                latent = averaged[i][..., y : y + n, x : x + n]
+                loss = loss + F.mse_loss(autoencoder.decode(latent), target) / args.crops
+                continue
+            # As phase B with encoder adaptation: the decoder learns the shared latents (L_p), the encoder is pulled
+            # towards them (detached) and both keep reconstructing the crop.
+            shared = averaged[i][..., y : y + n, x : x + n]
+            encoded = autoencoder.encode(target)
+            agreement = (((encoded - shared) / spread) ** 2).mean()
+            loss = (
+                loss
+                + (
+                    F.mse_loss(autoencoder.decode(shared), target)
+                    + args.agreement_mult * agreement
+                    + F.mse_loss(autoencoder.decode(encoded), target)
+                )
+                / args.crops
+            )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        if args.adapt == "autoencoder" and step % args.refresh_every == 0:  # as L_z's targets in phase B
+            with torch.no_grad():
+                for i in train:
+                    averaged[i] = phase_averaged_encoding(autoencoder.encode, images[i], args.phases, rolled)
         if step in (100, 250, 500, 1000, 2000, args.steps):
-            evaluate(f"decoder fine-tuned {step} steps ({time.time() - start:.0f} s)")
+            evaluate(f"{args.adapt} fine-tuned {step} steps ({time.time() - start:.0f} s)")
 
 
 if __name__ == "__main__":
