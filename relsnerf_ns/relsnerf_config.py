@@ -1,8 +1,9 @@
 """The registered methods: relsnerf (SD-VAE), relsnerf-r32 (the paper's R32) and relsnerf-tiny (TAESD-family).
 
 Learning rates follow appendix B: phase A trains the autoencoder (SD: 1e-4 halved at 150/300/450; R32: 4e-4 halved
-every 500); phase B trains the NeRF at 1e-2 * 0.1^(t / 10000) and the decoder at a fixed 1e-4; phase C trains the
-decoder at 1e-4 halved every 1000 (SD) or 2500 (R32) steps. Periods are for the paper's phase lengths and stretch with
+every 500); phase B trains the NeRF at 1e-2 * 0.1^(t / 10000) (`--pipeline.model.recipe paper`; by default it falls
+tenfold over the phase, see NERF_LR) and the decoder at a fixed 1e-4; phase C trains the decoder at 1e-4 halved every
+1000 (SD) or 2500 (R32) steps. Periods are for the paper's phase lengths and stretch with
 shorter phases (see `schedulers.py`).
 """
 
@@ -28,12 +29,13 @@ from relsnerf_ns.training.relsnerf_pipeline import RelsNerfPipelineConfig
 from relsnerf_ns.training.relsnerf_trainer import RelsNerfTrainerConfig
 from relsnerf_ns.training.schedulers import PhasedSchedulerConfig, PhaseLR
 
-# Phase B's NeRF rates fall tenfold over the phase (a period of 20,000 paper-length steps, which stretches with the
-# phase). The paper's 0.1^(t / 10000) falls a hundredfold over its 20,000 steps; on fern (short preset, relsnerf-tiny)
-# the colour branch reached 24.05 dB with it and 24.65 dB with the tenfold fall (nerfacto: 24.69), see
-# docs/method.md. The paper's rate: --optimizers.GROUP.scheduler.phase-b.tenfold-decay-every 10000 for GROUP in
-# proposal-networks, fields and latent-field.
-NERF_LR = PhaseLR(lr=1e-2, tenfold_decay_every=20000)
+# Phase B's NeRF rates decay with the model recipe's period (None here; the trainer fills it in): by default they fall
+# tenfold over the phase (a period of 20,000 paper-length steps, which stretches with the phase). The paper's
+# 0.1^(t / 10000) falls a hundredfold over its 20,000 steps; on fern (short preset, relsnerf-tiny) the colour branch
+# reached 24.05 dB with it and 24.65 dB with the tenfold fall (nerfacto: 24.69), see docs/method.md. The paper's rate:
+# --pipeline.model.recipe paper (with the paper's losses); --optimizers.GROUP.scheduler.phase-b.tenfold-decay-every N
+# for GROUP in proposal-networks, fields and latent-field still sets a group's period, over the recipe's.
+NERF_LR = PhaseLR(lr=1e-2, tenfold_decay_every=None)
 
 
 def relsnerf_optimizers(family: Literal["sd", "r32"]) -> Dict[str, Dict]:

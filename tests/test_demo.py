@@ -80,9 +80,11 @@ def test_the_demo_options_parse_as_ns_train_options():
     assert config.pipeline.model.num_nerf_samples_per_ray == 16
     schedule = config.pipeline.phases
     assert schedule.steps() == demo.STEPS
-    scheduler = {group: config.optimizers[group]["scheduler"] for group in ("ae_encoder", "ae_decoder", "fields")}
-    for each in scheduler.values():
-        each.schedule = schedule
+    period = config.pipeline.model.nerf_tenfold_decay_every()  # what the trainer gives the NeRF groups
+    scheduler = {
+        group: config.optimizers[group]["scheduler"].for_run(schedule, period)
+        for group in ("ae_encoder", "ae_decoder", "fields")
+    }
     # In phase A the autoencoder's rate halves twice, at a third and two thirds of the phase (the paper's period would
     # halve it six times); in phase C the decoder's likewise; phase B keeps the paper's decoder rate.
     for phase, (lr, halvings), groups in (

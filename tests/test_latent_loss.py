@@ -157,8 +157,10 @@ def test_recipes_set_the_loss_weights_and_flags_override_them():
     config = copy.deepcopy(relsnerf_r32.config.pipeline.model)
     assert config.recipe == "relsnerf"
     assert (config.depth_loss_weight(), config.latent_loss_weight()) == (0.0, 1.0)
+    assert config.nerf_tenfold_decay_every() == 20000
     config.recipe = "paper"
     assert (config.depth_loss_weight(), config.latent_loss_weight()) == (0.1, 0.0)
+    assert config.nerf_tenfold_decay_every() == 10000
     config.depth_loss_mult, config.latent_loss_mult = 0.01, 0.5
     assert (config.depth_loss_weight(), config.latent_loss_weight()) == (0.01, 0.5)
 
@@ -200,6 +202,10 @@ def test_paper_recipe_trains_depth_loss_and_no_latent_loss(llff_scene, tmp_path,
     losses = phase_b_losses(trainer, range(4))
     assert "depth_loss" in losses[Phase.JOINT] and "latent_loss" not in losses[Phase.JOINT]
     assert trainer.pipeline.model.latent_targets is None
+    # The recipe also sets the NeRF's phase-B rate (the paper's period; the registered config's is None).
+    for group in ("proposal_networks", "fields", "latent_field"):
+        assert trainer.optimizers.config[group]["scheduler"].phase_b.tenfold_decay_every == 10000
+        assert config.optimizers[group]["scheduler"].phase_b.tenfold_decay_every is None
 
 
 def test_latent_loss_is_off_with_one_message_when_the_encoder_never_trained(scene, tmp_path, capsys):

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import copy
+from types import SimpleNamespace
+
 import pytest
 import torch
+import tyro
 from nerfstudio.cameras.cameras import Cameras
 
-from relsnerf_ns.relsnerf_config import relsnerf_optimizers
+from relsnerf_ns.model.relsnerf_model import RelsNerfModelConfig
+from relsnerf_ns.relsnerf_config import relsnerf_optimizers, relsnerf_r32, relsnerf_tiny
 from relsnerf_ns.training.camera_interpolation import interpolated_cameras, sample_triplets
 from relsnerf_ns.training.phases import Phase, PhaseScheduleConfig
+from relsnerf_ns.training.relsnerf_trainer import RelsNerfTrainer
+from relsnerf_ns.training.schedulers import PhaseLR
+
+NERF_GROUPS = ("proposal_networks", "fields", "latent_field")
 
 
 def test_paper_schedules_and_boundaries():
@@ -31,10 +40,23 @@ def test_paper_schedules_and_boundaries():
         PhaseScheduleConfig(joint_steps=0).steps()
 
 
-def rates(family: str, schedule: PhaseScheduleConfig, group: str, steps):
-    scheduler = relsnerf_optimizers(family)[group]["scheduler"]
-    scheduler.schedule = schedule
+def rates(family: str, schedule: PhaseScheduleConfig, group: str, steps, recipe: str = "relsnerf"):
+    period = RelsNerfModelConfig(recipe=recipe).nerf_tenfold_decay_every()
+    scheduler = relsnerf_optimizers(family)[group]["scheduler"].for_run(schedule, period)
     return [scheduler.rate(s) for s in steps]
+
+
+def set_up_optimizers(config):
+    """RelsNerfTrainer.setup_optimizers on a trainer config, with one parameter per group (no pipeline is built)."""
+    groups = {name: [torch.nn.Parameter(torch.zeros(1))] for name in config.optimizers}
+    trainer = SimpleNamespace(config=config, pipeline=SimpleNamespace(get_param_groups=lambda: groups))
+    return RelsNerfTrainer.setup_optimizers(trainer)
+
+
+def optimizer_rates(optimizers, group: str, steps):
+    """The rates the group's LambdaLR gives its optimizer at these steps."""
+    scheduler, lr_init = optimizers.schedulers[group], optimizers.config[group]["optimizer"].lr
+    return [lr_init * scheduler.lr_lambdas[0](s) for s in steps]
 
 
 def test_paper_learning_rates_per_phase():
@@ -62,6 +84,55 @@ def test_short_runs_stretch_the_schedule_shapes():
     assert rates("r32", short, "latent_field", [300, 1300, 2299]) == pytest.approx(
         [1e-2, 1e-2 * 0.1**0.5, 1e-2 * 0.1 ** (1999 / 2000)]
     )
+
+
+@pytest.mark.parametrize("recipe, period", [("relsnerf", 20000), ("paper", 10000)])
+def test_the_recipe_sets_the_nerf_rate_of_phase_b(recipe, period):
+    config = copy.deepcopy(relsnerf_r32.config)
+    config.pipeline.model.recipe = recipe
+    phases = config.pipeline.phases
+    phases.ae_pretrain_steps, phases.joint_steps, phases.distill_steps = 300, 2000, 1000  # B: 1/10 of the paper's
+    optimizers = set_up_optimizers(config)
+    start = phases.start_of(Phase.JOINT)
+    t = [0, 500, 1000, 1999]
+    for group in NERF_GROUPS:
+        assert optimizer_rates(optimizers, group, [start + s for s in t]) == pytest.approx(
+            [1e-2 * 0.1 ** (s * 10 / period) for s in t], rel=1e-9
+        ), group
+        assert optimizer_rates(optimizers, group, [start - 1, start + 2000]) == [0.0, 0.0]
+    # The camera optimizer keeps its own period, whatever the recipe.
+    assert optimizer_rates(optimizers, "camera_opt", [start + 1000]) == pytest.approx([1e-3 * 0.1**0.5])
+
+
+def test_a_period_set_on_the_command_line_wins_over_the_recipe():
+    args = ["--pipeline.model.recipe", "paper", "--optimizers.fields.scheduler.phase-b.tenfold-decay-every", "20000"]
+    config = tyro.cli(type(relsnerf_r32.config), default=copy.deepcopy(relsnerf_r32.config), args=args)
+    optimizers = set_up_optimizers(config)
+    start = config.pipeline.phases.start_of(Phase.JOINT)
+    assert optimizer_rates(optimizers, "fields", [start + 10000]) == pytest.approx([1e-2 * 0.1**0.5])
+    for group in ("proposal_networks", "latent_field"):
+        assert optimizer_rates(optimizers, group, [start + 10000]) == pytest.approx([1e-3]), group
+
+
+def test_setting_up_the_optimizers_leaves_the_registered_config_as_it_was():
+    config = relsnerf_tiny.config  # the module-level config itself, not a copy
+    before = {name: group["scheduler"] for name, group in config.optimizers.items()}
+    optimizers = set_up_optimizers(config)
+    for group in NERF_GROUPS:
+        assert optimizers.config[group]["scheduler"].phase_b.tenfold_decay_every == 20000  # resolved in the copy
+        scheduler = config.optimizers[group]["scheduler"]
+        assert scheduler is before[group]
+        assert scheduler.phase_b.tenfold_decay_every is None and scheduler.schedule is None
+    assert relsnerf_optimizers("sd")["fields"]["scheduler"].phase_b.tenfold_decay_every is None
+
+
+def test_an_unresolved_recipe_period_is_an_error():
+    with pytest.raises(RuntimeError, match="recipe's period"):
+        PhaseLR(lr=1e-2, tenfold_decay_every=None).at(0)
+    scheduler = relsnerf_optimizers("r32")["fields"]["scheduler"]
+    scheduler.schedule = PhaseScheduleConfig(family="r32")
+    with pytest.raises(RuntimeError, match="RelsNerfTrainer resolves it"):
+        scheduler.rate(3000)
 
 
 def triangle_barycentric(points, corners):

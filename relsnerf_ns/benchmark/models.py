@@ -79,7 +79,8 @@ class ModelSpec:
 
     @property
     def recipe(self) -> Literal["relsnerf", "paper"]:
-        """The model's loss recipe (`--pipeline.model.recipe`): '-paper' models train with the paper's exact losses."""
+        """The model's recipe (`--pipeline.model.recipe`): '-paper' models train with the paper's exact losses and
+        phase-B NeRF rate (the trainer gives the recipe's rate to the NeRF's optimizer groups)."""
         return "paper" if self.name.endswith(PAPER_RECIPE_SUFFIX) else "relsnerf"
 
     @property

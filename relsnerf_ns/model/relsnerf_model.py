@@ -113,10 +113,13 @@ class RelsNerfModelConfig(NerfactoModelConfig):
     kernel, the same arithmetic as nerfstudio's ~60 separate tensor operations, several times faster in training and
     rendering; 'torch' keeps nerfstudio's lookup. No effect with tinycudann or on the CPU."""
     recipe: Literal["relsnerf", "paper"] = "relsnerf"
-    """Which losses phase B uses where the two flags below are unset. 'relsnerf' (the default): the latent rendered on
-    every colour ray is also supervised with the phase-A encoder's latents of the training images (L_z), and the
-    DS-NeRF depth loss is off; 'paper': the paper's L_B = L_r + lambda_d L_d + lambda_gr L_gr + L_p exactly
-    (lambda_d = 0.1, no L_z). docs/method.md gives the measured effect of each."""
+    """Which losses phase B uses where the two flags below are unset, and the NeRF's phase-B learning rate where the
+    optimizer groups leave its period unset (None). 'relsnerf' (the default): the latent rendered on every colour ray
+    is also supervised with the phase-A encoder's latents of the training images (L_z), the DS-NeRF depth loss is off,
+    and the NeRF's rate falls tenfold over phase B (1e-2 * 0.1^(t / 20000)); 'paper': the paper's
+    L_B = L_r + lambda_d L_d + lambda_gr L_gr + L_p exactly (lambda_d = 0.1, no L_z) and its rate
+    1e-2 * 0.1^(t / 10000) (a hundredfold over phase B). Periods are paper-length steps and stretch with the phase.
+    docs/method.md gives the measured effect of each."""
     distortion_loss_mult: float = 5e-4
     """lambda_gr: weight of the distortion loss (paper: 1e-3 / 2)."""
     depth_loss_mult: Optional[float] = None
@@ -195,12 +198,19 @@ class RelsNerfModelConfig(NerfactoModelConfig):
             return self.latent_loss_mult
         return RECIPES[self.recipe]["latent_loss_mult"]
 
+    def nerf_tenfold_decay_every(self) -> int:
+        """The period (paper-length steps) of the tenfold decay of the NeRF's phase-B rate after the recipe: 20000
+        ('relsnerf', tenfold over phase B) or the paper's 10000. The trainer gives it to the optimizer groups whose
+        --optimizers.GROUP.scheduler.phase-b.tenfold-decay-every is None (proposal-networks, fields, latent-field)."""
+        return int(RECIPES[self.recipe]["nerf_tenfold_decay_every"])
+
 
 RECIPES: Dict[str, Dict[str, float]] = {
-    "relsnerf": {"depth_loss_mult": 0.0, "latent_loss_mult": 1.0},
-    "paper": {"depth_loss_mult": 0.1, "latent_loss_mult": 0.0},
+    "relsnerf": {"depth_loss_mult": 0.0, "latent_loss_mult": 1.0, "nerf_tenfold_decay_every": 20000},
+    "paper": {"depth_loss_mult": 0.1, "latent_loss_mult": 0.0, "nerf_tenfold_decay_every": 10000},
 }
-"""Loss weights of each recipe where the model's flags leave them unset."""
+"""Per recipe: the loss weights where the model's flags leave them unset, and the NeRF's phase-B decay period where
+the optimizer groups leave it None (the latter stretches with the phase: 20000 falls tenfold over any phase B)."""
 
 
 class RelsNerfModel(OfflineNerfactoModel):

@@ -3,7 +3,7 @@
 - The number of steps comes from the pipeline's phase schedule (A + B + C), also when resuming: a run resumed at
   step s trains the remaining steps, not another full schedule (nerfstudio's loop would).
 - Phase-aware schedulers get the pipeline's schedule, so step counts set on the command line move the learning rate
-  changes with them.
+  changes with them, and the model recipe's phase-B NeRF decay period where the optimizer groups leave it None.
 - Checkpoints are written to a temporary file beside the checkpoint folder, synced and renamed, so a kill never leaves
   a truncated checkpoint (nor a stray file that nerfstudio's `--load-dir` / ns-eval step parsing trips over); the
   temporary file of a process that was killed while saving is removed at the next start. A write that fails (a full
@@ -206,11 +206,16 @@ class RelsNerfTrainer(Trainer):
         return self.base_dir / DISTILL_RENDER_DIR
 
     def setup_optimizers(self) -> Optimizers:
-        optimizer_config = self.config.optimizers.copy()
-        for group in optimizer_config.values():
+        # Phase-aware schedulers get copies with the run's schedule and the model recipe's phase-B period where theirs
+        # is None (a number set on the command line wins); the config's own are shared (by groups, by the registered
+        # methods) and stay as they are.
+        recipe_period = self.config.pipeline.model.nerf_tenfold_decay_every()
+        optimizer_config = {}
+        for name, group in self.config.optimizers.items():
             scheduler = group.get("scheduler")
             if isinstance(scheduler, PhasedSchedulerConfig):
-                scheduler.schedule = self.config.pipeline.phases
+                group = {**group, "scheduler": scheduler.for_run(self.config.pipeline.phases, recipe_period)}
+            optimizer_config[name] = group
         return Optimizers(optimizer_config, self.pipeline.get_param_groups())
 
     # ------------------------------------------------------------------ training loop

@@ -8,7 +8,7 @@ with the phase when a run uses another length (the short preset keeps the paper'
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional, Tuple, Type
 
 import tyro
@@ -28,10 +28,17 @@ class PhaseLR:
     """Halve the rate at these steps within the phase (paper-length steps)."""
     halve_every: int = 0
     """Halve the rate every this many steps within the phase (paper-length steps; 0: never)."""
-    tenfold_decay_every: int = 0
-    """Exponential decay lr * 0.1^(t / this) (paper-length steps; 0: none)."""
+    tenfold_decay_every: Optional[int] = 0
+    """Exponential decay lr * 0.1^(t / this) (paper-length steps; 0: none). None: the model recipe's period for the
+    NeRF in phase B (--pipeline.model.recipe: 20000 for 'relsnerf', the paper's 10000 for 'paper'); a number set here
+    wins over the recipe."""
 
     def at(self, t: float) -> float:
+        if self.tenfold_decay_every is None:
+            raise RuntimeError(
+                "PhaseLR.tenfold_decay_every is None (the model recipe's period): the RelsNerfTrainer resolves it for "
+                "phase B at set-up; elsewhere set a number"
+            )
         rate = self.lr
         rate *= 0.5 ** sum(1 for m in self.halve_at if t >= m)
         if self.halve_every > 0:
@@ -55,6 +62,15 @@ class PhasedSchedulerConfig(SchedulerConfig):
     # Not a CLI option (an Optional dataclass would become a tyro subcommand per parameter group): the trainer
     # copies the pipeline's schedule here so the two always agree.
     schedule: tyro.conf.Suppress[Optional[PhaseScheduleConfig]] = None
+
+    def for_run(self, schedule: PhaseScheduleConfig, recipe_tenfold_decay_every: int) -> PhasedSchedulerConfig:
+        """A copy with the run's schedule and, where phase B's decay period is None, the model recipe's.
+
+        Copies, never changes self: one PhaseLR is shared by several groups and by the registered methods' configs."""
+        phase_b = self.phase_b
+        if phase_b.tenfold_decay_every is None:
+            phase_b = replace(phase_b, tenfold_decay_every=recipe_tenfold_decay_every)
+        return replace(self, phase_b=phase_b, schedule=schedule)
 
     def rate(self, step: int) -> float:
         if self.schedule is None:
