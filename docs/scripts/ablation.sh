@@ -9,7 +9,7 @@
 # Every run is evaluated with ns-eval (decoded and RGB-NeRF outputs on the held-out views) and decoded_gap.py
 # (where its decoded output loses); the table of all results, with each run's split, is written to OUT/ablation.md.
 # Short preset, seed 42, as relsnerf-bench. Without VARIANT arguments every variant below runs, in this order (about
-# 95 minutes on one H200); name some to run only those (the B runs they continue from run first when missing).
+# 100 minutes on one H200); name some to run only those (the B runs they continue from run first when missing).
 set -u
 DATA=$1 OUT=$2 TAEF2=$3
 shift 3
@@ -141,13 +141,19 @@ tiny_encoder_adaptation_c_anywhere() {
     train tiny_encoder_adaptation_c_anywhere relsnerf-tiny $TINY_WEIGHTS $ADAPT_ENCODER $ANYWHERE \
         $(from_b tinyB_encoder_adaptation relsnerf-tiny)
 }
+# The same with the pull ten times stronger (weight 1, as L_z's).
+# shellcheck disable=SC2086
+tinyB_encoder_adaptation_strong() {
+    train tinyB_encoder_adaptation_strong relsnerf-tiny $TINY_WEIGHTS --pipeline.model.encoder-adaptation-mult 1 \
+        --optimizers.ae-encoder.scheduler.phase-b.lr 1e-4 --pipeline.phases.distill-steps 0
+}
 
 VARIANTS=("$@")
 [ ${#VARIANTS[@]} -eq 0 ] && VARIANTS=(tiny_c_short tinyB_paper_nerf_rate tinyB_phase_targets tiny_phase_targets_c_short
     tinyB_view_free_latents tiny_c_decoder_rate tiny_c_anywhere tiny_c_anywhere_long tinyB_frozen_decoder
     tiny_frozen_decoder_c_anywhere tinyB_wide_latents tiny_wide_latents_c_anywhere
-    tinyB_encoder_adaptation tiny_encoder_adaptation_c_anywhere tiny_c_paper r32_c_short r32_c_large_crops tiny_four_patches
-    tiny_lz_tenth r32_c_paper tiny_paper_recipe)
+    tinyB_encoder_adaptation tiny_encoder_adaptation_c_anywhere tinyB_encoder_adaptation_strong tiny_c_paper r32_c_short
+    r32_c_large_crops tiny_four_patches tiny_lz_tenth r32_c_paper tiny_paper_recipe)
 for variant in "${VARIANTS[@]}"; do "$variant"; done
 
 python3 - "$OUT" <<'EOF'
