@@ -165,3 +165,14 @@ def camera(width=64, height=48, n=1) -> Cameras:
         width=width,
         height=height,
     )
+
+
+def reached_groups(model, loss: torch.Tensor) -> set:
+    """The model's parameter groups that `loss` gives a non-zero gradient (gradients cleared first)."""
+    model.zero_grad(set_to_none=True)
+    loss.backward(retain_graph=True)
+    return {
+        name
+        for name, params in model.get_param_groups().items()
+        if any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
+    }

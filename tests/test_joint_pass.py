@@ -14,7 +14,7 @@ from relsnerf_ns.model.latent_targets import LatentTargets
 from relsnerf_ns.model.train_batches import JointBatch
 from relsnerf_ns.rendering.latent_rays import latent_ray_bundle
 
-from .conftest import camera
+from .conftest import camera, reached_groups
 
 # float32 on the CPU: the same per-ray arithmetic in bundles of other sizes differs in the last bits of matrix
 # products; measured differences are ~1e-7 relative, the tolerance leaves two orders of magnitude.
@@ -91,16 +91,6 @@ def test_single_pass_gives_the_losses_and_gradients_of_separate_passes(model, wi
     assert set(single_grads) == set(separate_grads)
     for name, grad in separate_grads.items():
         torch.testing.assert_close(single_grads[name], grad, rtol=RTOL, atol=ATOL, msg=name)
-
-
-def reached_groups(model, loss: torch.Tensor) -> set:
-    model.zero_grad(set_to_none=True)
-    loss.backward(retain_graph=True)
-    return {
-        name
-        for name, params in model.get_param_groups().items()
-        if any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
-    }
 
 
 def test_each_loss_of_the_single_pass_reaches_what_it_should(model):

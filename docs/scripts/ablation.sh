@@ -103,49 +103,52 @@ tiny_c_anywhere_long() {  # 2,000 phase-C steps with the short preset's 64 rende
         $(from_b tinyB relsnerf-tiny)
 }
 
+# A relsnerf-tiny run with phase C off and FLAGS, and a continuation of such a run (named B_RUN, trained first when
+# missing) with the short phase C on crops at any pixel, the same FLAGS kept.
+tiny_b() {  # name flags...
+    local name=$1
+    shift
+    train "$name" relsnerf-tiny $TINY_WEIGHTS "$@" --pipeline.phases.distill-steps 0
+}
+# shellcheck disable=SC2046
+tiny_c_anywhere_after() {  # name b_run flags...
+    local name=$1 b_run=$2
+    shift 2
+    "$b_run"
+    train "$name" relsnerf-tiny $TINY_WEIGHTS "$@" $ANYWHERE $(from_b "$b_run" relsnerf-tiny)
+}
+
 # Phase B with the decoder frozen at its pretrained weights (the default trains it at 1e-4 beside the NeRF): the
 # pretrained decoder keeps its own ceiling D(E(I)), and the latent field alone adapts to it.
 FROZEN_DECODER="--optimizers.ae-decoder.scheduler.phase-b.lr 0"
 # shellcheck disable=SC2086
-tinyB_frozen_decoder() {
-    train tinyB_frozen_decoder relsnerf-tiny $TINY_WEIGHTS $FROZEN_DECODER --pipeline.phases.distill-steps 0
-}
+tinyB_frozen_decoder() { tiny_b tinyB_frozen_decoder $FROZEN_DECODER; }
 # shellcheck disable=SC2086
 tiny_frozen_decoder_c_anywhere() {
-    tinyB_frozen_decoder
-    train tiny_frozen_decoder_c_anywhere relsnerf-tiny $TINY_WEIGHTS $FROZEN_DECODER $ANYWHERE \
-        $(from_b tinyB_frozen_decoder relsnerf-tiny)
+    tiny_c_anywhere_after tiny_frozen_decoder_c_anywhere tinyB_frozen_decoder $FROZEN_DECODER
 }
 
 # A latent branch with twice the hidden width and features per hash-grid level (default 64 and 2).
 WIDE_LATENTS="--pipeline.model.latent-hidden-dim 128 --pipeline.model.latent-features-per-level 4"
 # shellcheck disable=SC2086
-tinyB_wide_latents() { train tinyB_wide_latents relsnerf-tiny $TINY_WEIGHTS $WIDE_LATENTS --pipeline.phases.distill-steps 0; }
+tinyB_wide_latents() { tiny_b tinyB_wide_latents $WIDE_LATENTS; }
 # shellcheck disable=SC2086
-tiny_wide_latents_c_anywhere() {
-    tinyB_wide_latents
-    train tiny_wide_latents_c_anywhere relsnerf-tiny $TINY_WEIGHTS $WIDE_LATENTS $ANYWHERE \
-        $(from_b tinyB_wide_latents relsnerf-tiny)
-}
+tiny_wide_latents_c_anywhere() { tiny_c_anywhere_after tiny_wide_latents_c_anywhere tinyB_wide_latents $WIDE_LATENTS; }
 
 # Phase B also trains the encoder: its latents of each step's patch crop pulled towards the field's (weight 0.1, in
 # latent spreads), its reconstruction of the crop kept (weight 1); L_z's targets re-encoded every 250 steps.
-ADAPT_ENCODER="--pipeline.model.encoder-adaptation-mult 0.1 --optimizers.ae-encoder.scheduler.phase-b.lr 1e-4"
+ENCODER_RATE="--optimizers.ae-encoder.scheduler.phase-b.lr 1e-4"
+ADAPT_ENCODER="--pipeline.model.encoder-adaptation-mult 0.1 $ENCODER_RATE"
 # shellcheck disable=SC2086
-tinyB_encoder_adaptation() {
-    train tinyB_encoder_adaptation relsnerf-tiny $TINY_WEIGHTS $ADAPT_ENCODER --pipeline.phases.distill-steps 0
-}
+tinyB_encoder_adaptation() { tiny_b tinyB_encoder_adaptation $ADAPT_ENCODER; }
 # shellcheck disable=SC2086
 tiny_encoder_adaptation_c_anywhere() {
-    tinyB_encoder_adaptation
-    train tiny_encoder_adaptation_c_anywhere relsnerf-tiny $TINY_WEIGHTS $ADAPT_ENCODER $ANYWHERE \
-        $(from_b tinyB_encoder_adaptation relsnerf-tiny)
+    tiny_c_anywhere_after tiny_encoder_adaptation_c_anywhere tinyB_encoder_adaptation $ADAPT_ENCODER
 }
 # The same with the pull ten times stronger (weight 1, as L_z's).
 # shellcheck disable=SC2086
 tinyB_encoder_adaptation_strong() {
-    train tinyB_encoder_adaptation_strong relsnerf-tiny $TINY_WEIGHTS --pipeline.model.encoder-adaptation-mult 1 \
-        --optimizers.ae-encoder.scheduler.phase-b.lr 1e-4 --pipeline.phases.distill-steps 0
+    tiny_b tinyB_encoder_adaptation_strong --pipeline.model.encoder-adaptation-mult 1 $ENCODER_RATE
 }
 
 VARIANTS=("$@")
