@@ -146,3 +146,47 @@ def test_kernels_pass_under_the_triton_interpreter():
     assert result.returncode == 0, summary
     passed = re.search(r"(\d+) passed", summary)
     assert passed and int(passed.group(1)) == 6 and "skipped" not in summary, summary
+
+
+@pytest.mark.skipif(INTERPRET, reason="interpreted kernels are no JITFunctions: no Triton IR")
+def test_torch_compile_sees_each_kernel_write_only_its_output_not_under_the_interpreter(monkeypatch):
+    """torch.compile learns from the kernels' Triton IR which arguments they write. Were positions or scalings
+    among them, the backward would 'write' saved inputs and AOTAutograd could not partition the training graph
+    ("Node ... was invalid, but is output"). Runs without a GPU: only the IR is generated, for an sm_90 target."""
+    pytest.importorskip("triton")
+    from torch._higher_order_ops.triton_kernel_wrap import identify_mutated_tensors
+    from triton.backends.compiler import GPUTarget
+    from triton.runtime.driver import driver
+
+    from relsnerf_ns.rendering import hash_grid_kernel as kernels
+
+    if not torch.cuda.is_available():
+
+        class Target:
+            def get_current_target(self):
+                return GPUTarget("cuda", 90, 32)
+
+        monkeypatch.setattr(driver, "_active", Target())
+    encoding = HashEncoding(5, 16, 128, 12, 2, implementation="torch")
+    _, meta = kernels._launch_shape(encoding, 100)
+    x, table, scalings = torch.empty(100, 3), encoding.hash_table, torch.empty(5)
+    features = torch.empty(100, 10)
+    launches = {
+        "out_ptr": (
+            kernels._hash_grid_forward,
+            dict(x_ptr=x, table_ptr=table, scalings_ptr=scalings, out_ptr=features),
+        ),
+        "grad_table_ptr": (
+            kernels._hash_grid_table_backward,
+            dict(x_ptr=x, scalings_ptr=scalings, grad_out_ptr=features, grad_table_ptr=torch.empty_like(table)),
+        ),
+        "grad_x_ptr": (
+            kernels._hash_grid_position_backward,
+            dict(
+                x_ptr=x, table_ptr=table, scalings_ptr=scalings, grad_out_ptr=features, grad_x_ptr=torch.empty_like(x)
+            ),
+        ),
+    }
+    for output, (kernel, tensors) in launches.items():
+        written = identify_mutated_tensors(kernel, {**tensors, "n_samples": 100, **meta}, {})
+        assert written == [output], (kernel, written)

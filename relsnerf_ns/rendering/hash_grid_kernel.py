@@ -47,17 +47,27 @@ if triton is not None:
         return (h & table_mask).to(tl.int32) + level_offset
 
     @triton.jit
-    def _corners(x_ptr, scalings_ptr, n_samples, pid, NUM_LEVELS: tl.constexpr, LEVELS_PAD: tl.constexpr,
-                 LOG2_TABLE: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
-        """Per (sample, level) of this program's tile: the 8 corner indices and the 3 interpolation offsets."""
+    def _tile(n_samples, pid, NUM_LEVELS: tl.constexpr, LEVELS_PAD: tl.constexpr, BLOCK: tl.constexpr):
+        """This program's tile of (sample, level) pairs: row and level indices and which of them exist."""
         rows = pid * BLOCK + tl.arange(0, BLOCK)
         levels = tl.arange(0, LEVELS_PAD)
         row_ok = rows < n_samples
         mask = row_ok[:, None] & (levels < NUM_LEVELS)[None, :]
-        scale = tl.load(scalings_ptr + levels, mask=levels < NUM_LEVELS, other=0.0)[None, :]
-        px = tl.load(x_ptr + rows * 3 + 0, mask=row_ok, other=0.0)[:, None] * scale
-        py = tl.load(x_ptr + rows * 3 + 1, mask=row_ok, other=0.0)[:, None] * scale
-        pz = tl.load(x_ptr + rows * 3 + 2, mask=row_ok, other=0.0)[:, None] * scale
+        return rows, levels, row_ok, mask
+
+    # The kernels load positions and level scales themselves and hand the helpers values, never pointers:
+    # torch.compile's mutation analysis of user Triton kernels (torch._higher_order_ops.triton_kernel_wrap) takes
+    # every pointer passed to a helper whose results reach a store's address as written. With the loads inside
+    # `_corners`, positions and scalings counted as outputs of all three kernels, and AOTAutograd failed on the
+    # backward "writing" the saved positions ("Node ... was invalid, but is output").
+
+    @triton.jit
+    def _corners(x, y, z, scale, levels, LOG2_TABLE: tl.constexpr):
+        """Per (sample, level): the 8 corner indices and the 3 interpolation offsets, from the samples' positions
+        x, y, z [BLOCK] and the levels' scales [1, LEVELS_PAD]."""
+        px = x[:, None] * scale
+        py = y[:, None] * scale
+        pz = z[:, None] * scale
         cx, cy, cz = tl.ceil(px).to(tl.int32), tl.ceil(py).to(tl.int32), tl.ceil(pz).to(tl.int32)
         fx, fy, fz = tl.floor(px).to(tl.int32), tl.floor(py).to(tl.int32), tl.floor(pz).to(tl.int32)
         ox, oy, oz = px - fx.to(tl.float32), py - fy.to(tl.float32), pz - fz.to(tl.float32)
@@ -72,7 +82,7 @@ if triton is not None:
         i5 = _corner_index(cx, fy, fz, offset, table_mask)
         i6 = _corner_index(fx, fy, fz, offset, table_mask)
         i7 = _corner_index(fx, cy, fz, offset, table_mask)
-        return rows, levels, mask, i0, i1, i2, i3, i4, i5, i6, i7, ox, oy, oz
+        return i0, i1, i2, i3, i4, i5, i6, i7, ox, oy, oz
 
     @triton.jit
     def _gather_corners(table_ptr, i0, i1, i2, i3, i4, i5, i6, i7, f, mask, FEATURES: tl.constexpr):
@@ -92,9 +102,12 @@ if triton is not None:
     def _hash_grid_forward(x_ptr, table_ptr, scalings_ptr, out_ptr, n_samples, NUM_LEVELS: tl.constexpr,
                            LEVELS_PAD: tl.constexpr, FEATURES: tl.constexpr, LOG2_TABLE: tl.constexpr,
                            BLOCK: tl.constexpr):  # fmt: skip
-        rows, levels, mask, i0, i1, i2, i3, i4, i5, i6, i7, ox, oy, oz = _corners(
-            x_ptr, scalings_ptr, n_samples, tl.program_id(0), NUM_LEVELS, LEVELS_PAD, LOG2_TABLE, BLOCK
-        )
+        rows, levels, row_ok, mask = _tile(n_samples, tl.program_id(0), NUM_LEVELS, LEVELS_PAD, BLOCK)
+        scale = tl.load(scalings_ptr + levels, mask=levels < NUM_LEVELS, other=0.0)[None, :]
+        x = tl.load(x_ptr + rows * 3 + 0, mask=row_ok, other=0.0)
+        y = tl.load(x_ptr + rows * 3 + 1, mask=row_ok, other=0.0)
+        z = tl.load(x_ptr + rows * 3 + 2, mask=row_ok, other=0.0)
+        i0, i1, i2, i3, i4, i5, i6, i7, ox, oy, oz = _corners(x, y, z, scale, levels, LOG2_TABLE)
         out_row = rows[:, None] * (NUM_LEVELS * FEATURES) + levels[None, :] * FEATURES
         for f in tl.static_range(FEATURES):
             f0, f1, f2, f3, f4, f5, f6, f7 = _gather_corners(
@@ -114,9 +127,12 @@ if triton is not None:
     def _hash_grid_table_backward(x_ptr, scalings_ptr, grad_out_ptr, grad_table_ptr, n_samples,
                                   NUM_LEVELS: tl.constexpr, LEVELS_PAD: tl.constexpr, FEATURES: tl.constexpr,
                                   LOG2_TABLE: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
-        rows, levels, mask, i0, i1, i2, i3, i4, i5, i6, i7, ox, oy, oz = _corners(
-            x_ptr, scalings_ptr, n_samples, tl.program_id(0), NUM_LEVELS, LEVELS_PAD, LOG2_TABLE, BLOCK
-        )
+        rows, levels, row_ok, mask = _tile(n_samples, tl.program_id(0), NUM_LEVELS, LEVELS_PAD, BLOCK)
+        scale = tl.load(scalings_ptr + levels, mask=levels < NUM_LEVELS, other=0.0)[None, :]
+        x = tl.load(x_ptr + rows * 3 + 0, mask=row_ok, other=0.0)
+        y = tl.load(x_ptr + rows * 3 + 1, mask=row_ok, other=0.0)
+        z = tl.load(x_ptr + rows * 3 + 2, mask=row_ok, other=0.0)
+        i0, i1, i2, i3, i4, i5, i6, i7, ox, oy, oz = _corners(x, y, z, scale, levels, LOG2_TABLE)
         out_row = rows[:, None] * (NUM_LEVELS * FEATURES) + levels[None, :] * FEATURES
         # d value / d f_k: the product of the factors on f_k's path through the interpolation above.
         w0 = ox * oy * oz
@@ -142,11 +158,13 @@ if triton is not None:
     def _hash_grid_position_backward(x_ptr, table_ptr, scalings_ptr, grad_out_ptr, grad_x_ptr, n_samples,
                                      NUM_LEVELS: tl.constexpr, LEVELS_PAD: tl.constexpr, FEATURES: tl.constexpr,
                                      LOG2_TABLE: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
-        rows, levels, mask, i0, i1, i2, i3, i4, i5, i6, i7, ox, oy, oz = _corners(
-            x_ptr, scalings_ptr, n_samples, tl.program_id(0), NUM_LEVELS, LEVELS_PAD, LOG2_TABLE, BLOCK
-        )
-        out_row = rows[:, None] * (NUM_LEVELS * FEATURES) + levels[None, :] * FEATURES
+        rows, levels, row_ok, mask = _tile(n_samples, tl.program_id(0), NUM_LEVELS, LEVELS_PAD, BLOCK)
         scale = tl.load(scalings_ptr + levels, mask=levels < NUM_LEVELS, other=0.0)[None, :]
+        x = tl.load(x_ptr + rows * 3 + 0, mask=row_ok, other=0.0)
+        y = tl.load(x_ptr + rows * 3 + 1, mask=row_ok, other=0.0)
+        z = tl.load(x_ptr + rows * 3 + 2, mask=row_ok, other=0.0)
+        i0, i1, i2, i3, i4, i5, i6, i7, ox, oy, oz = _corners(x, y, z, scale, levels, LOG2_TABLE)
+        out_row = rows[:, None] * (NUM_LEVELS * FEATURES) + levels[None, :] * FEATURES
         gx = tl.zeros_like(ox)
         gy = tl.zeros_like(ox)
         gz = tl.zeros_like(ox)
@@ -165,7 +183,6 @@ if triton is not None:
             gy += g * ((f03 - f12) * oz + (f47 - f56) * (1 - oz))
             gz += g * ((f03 * oy + f12 * (1 - oy)) - (f47 * oy + f56 * (1 - oy)))
         # d offset / d position = the level's scale; sum over levels.
-        row_ok = rows < n_samples
         tl.store(grad_x_ptr + rows * 3 + 0, tl.sum(gx * scale, axis=1), mask=row_ok)
         tl.store(grad_x_ptr + rows * 3 + 1, tl.sum(gy * scale, axis=1), mask=row_ok)
         tl.store(grad_x_ptr + rows * 3 + 2, tl.sum(gz * scale, axis=1), mask=row_ok)
