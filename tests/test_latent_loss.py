@@ -10,7 +10,13 @@ import torch.nn.functional as F
 from nerfstudio.data.scene_box import SceneBox
 
 from relsnerf_ns.data.relsnerf_datamanager import aligned_crop
-from relsnerf_ns.model.latent_targets import LatentTargets, encode_images, phase_averaged_encoding, shifted_by
+from relsnerf_ns.model.latent_targets import (
+    LatentTargets,
+    centred_encoding,
+    encode_images,
+    phase_averaged_encoding,
+    shifted_by,
+)
 from relsnerf_ns.relsnerf_config import relsnerf_r32
 from relsnerf_ns.rendering.latent_rays import latent_ray_bundle
 from relsnerf_ns.training.phases import Phase
@@ -109,6 +115,57 @@ def test_phase_averaged_targets_smooth_what_the_grid_offset_changes():
     assert four.shape == one.shape == (3, 2, 3) and not torch.allclose(four, one)
 
 
+def test_centred_encoding_holds_the_block_centred_every_8_over_p_pixels():
+    # Entry (m, n) of the P-times finer map is the mean of the 8x8 block of pixels (8m/P ... 8m/P + 7, same for n),
+    # the block centred at pixel coordinate 4 + 8m/P: checked against every such block of a random image away from
+    # the replicated right and bottom edges.
+    image = torch.rand(1, 2, 32, 40)
+    for offsets in (2, 4, 8):
+        fine = centred_encoding(block_means, image, offsets)
+        assert fine.shape == (1, 2, 4 * offsets, 5 * offsets)
+        spacing = 8 // offsets
+        blocks = F.avg_pool2d(image, 8, stride=spacing)  # the block starting at every multiple of the spacing
+        rows, cols = blocks.shape[-2:]
+        torch.testing.assert_close(fine[..., :rows, :cols], blocks)
+        # Every P-th entry is the plain encoding.
+        torch.testing.assert_close(fine[..., ::offsets, ::offsets], block_means(image))
+    torch.testing.assert_close(centred_encoding(block_means, image, 1), block_means(image))
+
+
+def test_centred_targets_give_each_ray_the_block_centred_on_its_pixel():
+    # With P = 8 a ray through pixel y (centre y + 0.5) lies halfway between the blocks centred at coordinates y and
+    # y + 1, i.e. covering pixels y - 4 ... y + 3 and y - 3 ... y + 4: its target is the mean of those two block
+    # means (per axis). Plain targets interpolate between the blocks of the fixed grid instead, which for a detailed
+    # image is a different, blurred value.
+    image = torch.rand(10, 12, 3).repeat_interleave(4, 0).repeat_interleave(4, 1)  # detail of 4-pixel tiles
+    (fine,) = encode_images(block_means, [image], "cpu", offsets=8)
+    (plain,) = encode_images(block_means, [image], "cpu")
+    centred, interpolated = LatentTargets([fine], offsets=8), LatentTargets([plain])
+    assert centred.maps.dtype == torch.float16 and fine.shape == (3, 40, 48)
+    ys, xs = torch.meshgrid(torch.arange(4, 32), torch.arange(4, 40), indexing="ij")
+    pixels = torch.stack([torch.zeros_like(ys), ys, xs], -1).reshape(-1, 3)
+    blocks = F.avg_pool2d(image.permute(2, 0, 1)[None], 8, stride=1)[0]  # block starting at (r, c), 8x8
+    window = 0.25 * (blocks[:, :-1, :-1] + blocks[:, 1:, :-1] + blocks[:, :-1, 1:] + blocks[:, 1:, 1:])
+    expected = window[:, pixels[:, 1] - 4, pixels[:, 2] - 4].T  # pixel y: blocks starting at y - 4 and y - 3
+    torch.testing.assert_close(centred.at_pixels(pixels), expected, atol=2e-3, rtol=0)
+    assert (interpolated.at_pixels(pixels) - expected).abs().mean() > 10 * 2e-3
+    # Statistics come from the block grid itself, so both kinds normalise alike.
+    torch.testing.assert_close(centred.std, interpolated.std, atol=2e-3, rtol=0)
+
+
+def test_latent_target_offsets_not_dividing_8_or_combined_with_phases_is_an_error_naming_the_flags():
+    scene_box = SceneBox(aabb=torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]]))
+    config = copy.deepcopy(relsnerf_r32.config.pipeline.model)
+    config.latent_target_offsets = 3
+    with pytest.raises(ValueError, match=r"--pipeline.model.latent-target-offsets must be one of 1, 2, 4, 8 .*got 3"):
+        config.setup(scene_box=scene_box, num_train_data=2, metadata={}, device="cpu")
+    config.latent_target_offsets, config.latent_target_phases = 2, 4
+    with pytest.raises(ValueError, match=r"latent-target-offsets .*latent-target-phases .*set one"):
+        config.setup(scene_box=scene_box, num_train_data=2, metadata={}, device="cpu")
+    with pytest.raises(ValueError, match="not both"):
+        encode_images(block_means, [torch.rand(8, 8, 3)], "cpu", phases=2, offsets=2)
+
+
 def test_latent_target_phases_outside_1_to_8_is_an_error_naming_the_flag():
     config = copy.deepcopy(relsnerf_r32.config.pipeline.model)
     config.latent_target_phases = 0
@@ -189,7 +246,22 @@ def test_default_recipe_trains_latent_loss_and_no_depth_loss_with_sparse_depth(l
     targets = trainer.pipeline.model.latent_targets
     images = trainer.pipeline.datamanager.train_images
     assert targets.maps.shape[0] == len(images) and targets.channels == 8
-    assert "averaged over 1^2 grid offsets" in printed
+    assert "interpolated between block centres" in printed
+
+
+def test_centred_latent_targets_are_built_at_phase_b_and_said(llff_scene, tmp_path, capsys):
+    config = tiny_config("relsnerf-r32", llff_scene, tmp_path, steps=(2, 2, 1))
+    config.pipeline.datamanager.dataparser = _llff(llff_scene)
+    config.pipeline.model.latent_target_offsets = 4
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    losses = phase_b_losses(trainer, range(4))
+    assert "latent_loss" in losses[Phase.JOINT]
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "centred every 2 pixels" in printed, printed
+    targets = trainer.pipeline.model.latent_targets
+    height, width = trainer.pipeline.datamanager.train_images[0].shape[:2]
+    assert targets.offsets == 4 and targets.maps.shape[1:3] == (4 * -(-height // 8), 4 * -(-width // 8))
 
 
 def test_paper_recipe_trains_depth_loss_and_no_latent_loss(llff_scene, tmp_path, capsys):

@@ -151,12 +151,29 @@ tinyB_encoder_adaptation_strong() {
     tiny_b tinyB_encoder_adaptation_strong --pipeline.model.encoder-adaptation-mult 1 $ENCODER_RATE
 }
 
+# L_z's targets centred on each colour ray's pixel (the images encoded at 8 x 8 one-pixel shifts) instead of E(I)
+# interpolated between block centres.
+CENTRED="--pipeline.model.latent-target-offsets 8"
+# shellcheck disable=SC2086
+tinyB_centred_targets() { tiny_b tinyB_centred_targets $CENTRED; }
+# shellcheck disable=SC2086
+tiny_centred_targets_c_anywhere() {
+    tiny_c_anywhere_after tiny_centred_targets_c_anywhere tinyB_centred_targets $CENTRED
+}
+# shellcheck disable=SC2046,SC2086
+tiny_centred_targets_c_paper() {  # the paper's phase C (3,000 steps, 512 renders) after tinyB_centred_targets
+    tinyB_centred_targets
+    train tiny_centred_targets_c_paper relsnerf-tiny $TINY_WEIGHTS $CENTRED --pipeline.phases.distill-steps 3000 \
+        --pipeline.num-distill-renders 512 $(from_b tinyB_centred_targets relsnerf-tiny)
+}
+
 VARIANTS=("$@")
 [ ${#VARIANTS[@]} -eq 0 ] && VARIANTS=(tiny_c_short tinyB_paper_nerf_rate tinyB_phase_targets tiny_phase_targets_c_short
     tinyB_view_free_latents tiny_c_decoder_rate tiny_c_anywhere tiny_c_anywhere_long tinyB_frozen_decoder
     tiny_frozen_decoder_c_anywhere tinyB_wide_latents tiny_wide_latents_c_anywhere
     tinyB_encoder_adaptation tiny_encoder_adaptation_c_anywhere tinyB_encoder_adaptation_strong tiny_c_paper r32_c_short
-    r32_c_large_crops tiny_four_patches tiny_lz_tenth r32_c_paper tiny_paper_recipe)
+    r32_c_large_crops tiny_four_patches tiny_lz_tenth r32_c_paper tiny_paper_recipe tinyB_centred_targets
+    tiny_centred_targets_c_anywhere tiny_centred_targets_c_paper)
 for variant in "${VARIANTS[@]}"; do "$variant"; done
 
 python3 - "$OUT" <<'EOF'

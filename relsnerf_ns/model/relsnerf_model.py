@@ -23,7 +23,7 @@ from torch.profiler import record_function
 
 from relsnerf_ns.autoencoders import AutoencoderConfig, LatentAutoencoder, R32AutoencoderConfig
 from relsnerf_ns.evaluation.image_metrics import image_metrics, psnr_from_mse
-from relsnerf_ns.model.latent_targets import LatentTargets
+from relsnerf_ns.model.latent_targets import CENTRED_OFFSETS, LatentTargets
 from relsnerf_ns.model.offline_nerfacto import OfflineNerfactoModel
 from relsnerf_ns.model.relsnerf_field import RelsNerfField, resolve_implementation
 from relsnerf_ns.model.train_batches import AutoencoderBatch, DistillBatch, JointBatch, TrainBatch, cat_dataclasses
@@ -133,6 +133,12 @@ class RelsNerfModelConfig(NerfactoModelConfig):
     """L_z's targets: the encoder's latents averaged over this many x this many offsets of the 8x8 block grid (the
     views of a point disagree on its latent by where in its block it falls; the average is what a latent field shared
     by all views can render). 1: the plain E(I)."""
+    latent_target_offsets: int = 1
+    """L_z's targets centred on each colour ray's pixel: the training images are encoded at P x P shifts of 8 / P
+    pixels (P = 1, 2, 4 or 8), and a ray's target is the latent of the 8x8 block centred (to 8 / P pixels) on its
+    pixel, instead of E(I) interpolated between block centres, which is not what a view whose block grid is centred
+    there encodes. Encoding takes P^2 encoder passes per image; the targets take P^2 / 2 times the memory of plain
+    E(I) (half precision). 1: plain E(I). Not combined with `latent_target_phases`."""
     encoder_adaptation_mult: float = 0.0
     """Phase B (beyond the paper): weight of pulling the encoder's latents of each step's latent-patch crop towards the
     latents the field renders there (the field detached; in units of each latent channel's spread, as L_z). The views
@@ -238,6 +244,17 @@ class RelsNerfModel(OfflineNerfactoModel):
             raise ValueError(
                 f"--pipeline.model.latent-target-phases must be 1 (plain E(I)) to {LATENT_DOWNSCALE} (every pixel "
                 f"offset of the 8x8 grid), got {self.config.latent_target_phases}"
+            )
+        if self.config.latent_target_offsets not in CENTRED_OFFSETS:
+            raise ValueError(
+                f"--pipeline.model.latent-target-offsets must be one of {', '.join(map(str, CENTRED_OFFSETS))} "
+                f"(shifts of 8 / P whole pixels), got {self.config.latent_target_offsets}"
+            )
+        if self.config.latent_target_offsets > 1 and self.config.latent_target_phases > 1:
+            raise ValueError(
+                "--pipeline.model.latent-target-offsets (targets centred on each pixel) and "
+                "--pipeline.model.latent-target-phases (targets averaged over offsets) are two alternatives: set one "
+                f"of them to 1 (got {self.config.latent_target_offsets} and {self.config.latent_target_phases})"
             )
         self.config.implementation = resolve_implementation(self.config.implementation)
         self.autoencoder = self.config.autoencoder.setup()

@@ -195,7 +195,7 @@ class RelsNerfPipeline(VanillaPipeline):
         model = self.relsnerf_model
         if self._latent_targets_decided:
             if model.latent_targets is not None and step is not None and self._latent_targets_refresh_due(step):
-                model.latent_targets = LatentTargets(self._encode_training_images())
+                model.latent_targets = LatentTargets(self._encode_training_images(), model.config.latent_target_offsets)
             return model.latent_targets
         self._latent_targets_decided = True
         if model.config.latent_loss_weight() <= 0:
@@ -207,24 +207,40 @@ class RelsNerfPipeline(VanillaPipeline):
             )
             return None
         maps = self._encode_training_images()
-        model.latent_targets = LatentTargets(maps)
+        model.latent_targets = LatentTargets(maps, model.config.latent_target_offsets)
         std = model.latent_targets.std
         refresh = ""
         if model.config.encoder_adaptation_mult > 0:
             refresh = f" (re-encoded every {model.config.latent_target_refresh_every} steps: the encoder adapts)"
         CONSOLE.print(
             f"Latent loss L_z on: encoder latents of {len(maps)} training images ({model.latent_targets.channels} "
-            f"channels, spread {float(std.min()):.3g}-{float(std.max()):.3g}, averaged over "
-            f"{model.config.latent_target_phases}^2 grid offsets) supervise the latent of every colour ray{refresh}."
+            f"channels, spread {float(std.min()):.3g}-{float(std.max()):.3g}, {self._latent_target_kind()}) "
+            f"supervise the latent of every colour ray{refresh}."
         )
         return model.latent_targets
 
+    def _latent_target_kind(self) -> str:
+        config = self.relsnerf_model.config
+        if config.latent_target_offsets > 1:
+            spacing = 8 // config.latent_target_offsets
+            return f"centred every {spacing} pixel{'s' if spacing > 1 else ''}"
+        if config.latent_target_phases > 1:
+            return f"averaged over {config.latent_target_phases}^2 grid offsets"
+        return "interpolated between block centres"
+
     def _encode_training_images(self) -> List[torch.Tensor]:
-        """E(I) of every training image (alpha blended as the colour targets), averaged over grid offsets as set."""
-        model = self.relsnerf_model
+        """E(I) of every training image (alpha blended as the colour targets), averaged over grid offsets or centred
+        on them as set."""
+        config = self.relsnerf_model.config
         background = self.datamanager.alpha_background
         images = [blend_alpha(image, background) for image in self.datamanager.train_images]
-        return encode_images(model.autoencoder.encode, images, self.device, model.config.latent_target_phases)
+        return encode_images(
+            self.relsnerf_model.autoencoder.encode,
+            images,
+            self.device,
+            phases=config.latent_target_phases,
+            offsets=config.latent_target_offsets,
+        )
 
     def _latent_targets_refresh_due(self, step: int) -> bool:
         config = self.relsnerf_model.config
