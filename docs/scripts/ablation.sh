@@ -167,13 +167,16 @@ tiny_centred_targets_c_paper() {  # the paper's phase C (3,000 steps, 512 render
         --pipeline.num-distill-renders 512 $(from_b tinyB_centred_targets relsnerf-tiny)
 }
 
+# The default phase B with the fields' sample evaluations compiled (a speed option: quality should not move).
+tinyB_compiled() { tiny_b tinyB_compiled --pipeline.model.compile-training True; }
+
 VARIANTS=("$@")
 [ ${#VARIANTS[@]} -eq 0 ] && VARIANTS=(tiny_c_short tinyB_paper_nerf_rate tinyB_phase_targets tiny_phase_targets_c_short
     tinyB_view_free_latents tiny_c_decoder_rate tiny_c_anywhere tiny_c_anywhere_long tinyB_frozen_decoder
     tiny_frozen_decoder_c_anywhere tinyB_wide_latents tiny_wide_latents_c_anywhere
     tinyB_encoder_adaptation tiny_encoder_adaptation_c_anywhere tinyB_encoder_adaptation_strong tiny_c_paper r32_c_short
     r32_c_large_crops tiny_four_patches tiny_lz_tenth r32_c_paper tiny_paper_recipe tinyB_centred_targets
-    tiny_centred_targets_c_anywhere tiny_centred_targets_c_paper)
+    tiny_centred_targets_c_anywhere tiny_centred_targets_c_paper tinyB_compiled)
 for variant in "${VARIANTS[@]}"; do "$variant"; done
 
 python3 - "$OUT" <<'EOF'

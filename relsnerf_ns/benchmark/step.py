@@ -45,6 +45,9 @@ class StepBenchmark(_Training):
     """Also write the rates and the breakdown as JSON here."""
     joint_pass: Literal["single", "separate"] = "single"
     """Phase B's rays in one bundle, or one pass per kind of ray (the model's --pipeline.model.joint-pass)."""
+    compile_training: bool = False
+    """Compile the fields' sample evaluations for training (the model's --pipeline.model.compile-training); they
+    compile in the warm-up steps."""
 
 
 def main(options: StepBenchmark) -> Dict[str, object]:
@@ -54,6 +57,7 @@ def main(options: StepBenchmark) -> Dict[str, object]:
     config.timestamp = "step"
     config.steps_per_save = 10**9
     config.pipeline.model.joint_pass = options.joint_pass
+    config.pipeline.model.compile_training = options.compile_training
     trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()
     schedule = trainer.pipeline.schedule
@@ -105,6 +109,7 @@ def main(options: StepBenchmark) -> Dict[str, object]:
     result = {
         "model": options.model,
         "joint_pass": options.joint_pass,
+        "compile_training": options.compile_training,
         "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
     }
     result.update({"steps_per_second": rates, "profile_table": profiled.get("table")})

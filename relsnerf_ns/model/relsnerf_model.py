@@ -23,6 +23,7 @@ from torch.profiler import record_function
 
 from relsnerf_ns.autoencoders import AutoencoderConfig, LatentAutoencoder, R32AutoencoderConfig
 from relsnerf_ns.evaluation.image_metrics import image_metrics, psnr_from_mse
+from relsnerf_ns.model.compiled_fields import compile_sample_evaluations
 from relsnerf_ns.model.latent_targets import CENTRED_OFFSETS, LatentTargets
 from relsnerf_ns.model.offline_nerfacto import OfflineNerfactoModel
 from relsnerf_ns.model.relsnerf_field import RelsNerfField, resolve_implementation
@@ -175,6 +176,14 @@ class RelsNerfModelConfig(NerfactoModelConfig):
     rgb_nerf_full_resolution: bool = False
     """get_outputs_for_camera renders `rgb_nerf` with one ray per pixel (slow, like nerfacto). When False it is the
     colour NeRF composited on the latent rays (1/8 resolution) and upsampled; evaluation always renders it in full."""
+    compile_training: bool = False
+    """Training steps (phases B and C): run the per-sample evaluations of the field and the proposal networks through
+    torch.compile, which fuses nerfacto's many small operations into a few kernels (a step on a GPU is bound by
+    launching them). They compile at the first step that uses them; rendering and evaluation stay eager. Values
+    are unchanged; docs/results.md gives the measured speed."""
+    compile_backend: str = "inductor"
+    """With `compile_training`: the torch.compile backend ('inductor' generates Triton kernels on a GPU and C++ on
+    the CPU, which needs a C++ compiler; 'aot_eager' traces without generating code)."""
     inference_path: Literal["fast", "plain"] = "fast"
     """How the decoded output is rendered for the viewer, ns-render and ns-eval. 'fast': one latent ray bundle per
     frame, replayed as a CUDA graph per resolution on a GPU (torch implementation), decoder in half precision;
@@ -261,6 +270,8 @@ class RelsNerfModel(OfflineNerfactoModel):
         super().populate_modules()  # nerfacto's modules, with our field (make_field) and without LPIPS downloads
         if self.config.implementation == "torch" and self.config.hash_grid_kernel == "fused":
             use_fused_hash_grids(self)
+        if self.config.compile_training:
+            compile_sample_evaluations(self, backend=self.config.compile_backend)
         # LPIPS from cached weights only, built on first use (not a submodule: no LPIPS tensors in checkpoints).
         self.offline_lpips = self.lpips.offline
         self.render_rgb_nerf_full_resolution = self.config.rgb_nerf_full_resolution

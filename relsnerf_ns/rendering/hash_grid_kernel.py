@@ -276,8 +276,13 @@ def use_fused_hash_grids(module: torch.nn.Module, enabled: bool = True) -> int:
         if isinstance(encoding, HashEncoding) and encoding.tcnn_encoding is None:
             if enabled:
                 encoding.pytorch_fwd = types.MethodType(_hash_grid_forward_method, encoding)
+                # The kernels' float32 copy of the level scales, moved with the module (not saved): created here
+                # rather than on first use, so that torch.compile sees the same attribute from its first trace.
+                scalings = encoding.scalings.to(torch.float32).contiguous()
+                encoding.register_buffer("_fused_scalings", scalings, persistent=False)
             else:
                 vars(encoding).pop("pytorch_fwd", None)
+                encoding._buffers.pop("_fused_scalings", None)
             count += 1
     return count
 
