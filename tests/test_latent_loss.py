@@ -14,8 +14,10 @@ from relsnerf_ns.model.latent_targets import (
     LatentTargets,
     centred_encoding,
     encode_images,
+    offsets_within,
     phase_averaged_encoding,
     shifted_by,
+    target_bytes,
 )
 from relsnerf_ns.relsnerf_config import relsnerf_r32
 from relsnerf_ns.rendering.latent_rays import latent_ray_bundle
@@ -246,7 +248,8 @@ def test_default_recipe_trains_latent_loss_and_no_depth_loss_with_sparse_depth(l
     targets = trainer.pipeline.model.latent_targets
     images = trainer.pipeline.datamanager.train_images
     assert targets.maps.shape[0] == len(images) and targets.channels == 8
-    assert "interpolated between block centres" in printed
+    assert "centred every 1 pixel)" in printed  # the default: the block centred on each ray's pixel
+    assert targets.offsets == 8 and targets.maps.dtype == torch.float16
 
 
 def test_centred_latent_targets_are_built_at_phase_b_and_said(llff_scene, tmp_path, capsys):
@@ -262,6 +265,33 @@ def test_centred_latent_targets_are_built_at_phase_b_and_said(llff_scene, tmp_pa
     targets = trainer.pipeline.model.latent_targets
     height, width = trainer.pipeline.datamanager.train_images[0].shape[:2]
     assert targets.offsets == 4 and targets.maps.shape[1:3] == (4 * -(-height // 8), 4 * -(-width // 8))
+
+
+def test_centred_targets_over_the_memory_budget_use_fewer_offsets_and_say_so(llff_scene, tmp_path, capsys):
+    config = tiny_config("relsnerf-r32", llff_scene, tmp_path, steps=(2, 2, 1))
+    config.pipeline.datamanager.dataparser = _llff(llff_scene)
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    images = trainer.pipeline.datamanager.train_images
+    sizes = [tuple(image.shape[:2]) for image in images]
+    # A budget between the sizes of P = 2 and P = 4: P = 2 is what fits.
+    budget = (target_bytes(sizes, 8, 2) + target_bytes(sizes, 8, 4)) / 2
+    trainer.pipeline.relsnerf_model.config.latent_target_max_gib = budget / 2**30
+    phase_b_losses(trainer, range(4))
+    printed = " ".join(capsys.readouterr().out.split())
+    assert printed.count("L_z targets centred every 4 pixels, not every 1") == 1, printed
+    assert "--pipeline.model.latent-target-max-gib" in printed
+    assert trainer.pipeline.model.latent_targets.offsets == 2
+
+
+def test_target_memory_and_the_offsets_that_fit():
+    sizes = [(30, 40), (16, 16)]  # 4 x 5 + 2 x 2 = 24 blocks
+    assert target_bytes(sizes, 8, 1) == 24 * 8 * 4  # float32 plain maps
+    assert target_bytes(sizes, 8, 8) == 24 * 64 * 8 * 2  # float16 centred maps
+    assert offsets_within(sizes, 8, 8, max_bytes=1e9) == 8
+    assert offsets_within(sizes, 8, 8, max_bytes=target_bytes(sizes, 8, 4)) == 4
+    assert offsets_within(sizes, 8, 4, max_bytes=1e9) == 4  # never more than asked
+    assert offsets_within(sizes, 8, 8, max_bytes=0) == 1  # plain targets whatever the budget
 
 
 def test_paper_recipe_trains_depth_loss_and_no_latent_loss(llff_scene, tmp_path, capsys):

@@ -151,9 +151,10 @@ tinyB_encoder_adaptation_strong() {
     tiny_b tinyB_encoder_adaptation_strong --pipeline.model.encoder-adaptation-mult 1 $ENCODER_RATE
 }
 
-# L_z's targets centred on each colour ray's pixel (the images encoded at 8 x 8 one-pixel shifts) instead of E(I)
-# interpolated between block centres.
+# L_z's targets centred on each colour ray's pixel (the images encoded at 8 x 8 one-pixel shifts; the default since
+# 2026-12-03, so tinyB trains with them too), and E(I) interpolated between block centres (the default before).
 CENTRED="--pipeline.model.latent-target-offsets 8"
+tinyB_interpolated_targets() { tiny_b tinyB_interpolated_targets --pipeline.model.latent-target-offsets 1; }
 # shellcheck disable=SC2086
 tinyB_centred_targets() { tiny_b tinyB_centred_targets $CENTRED; }
 # shellcheck disable=SC2086
@@ -176,7 +177,7 @@ VARIANTS=("$@")
     tiny_frozen_decoder_c_anywhere tinyB_wide_latents tiny_wide_latents_c_anywhere
     tinyB_encoder_adaptation tiny_encoder_adaptation_c_anywhere tinyB_encoder_adaptation_strong tiny_c_paper r32_c_short
     r32_c_large_crops tiny_four_patches tiny_lz_tenth r32_c_paper tiny_paper_recipe tinyB_centred_targets
-    tiny_centred_targets_c_anywhere tiny_centred_targets_c_paper tinyB_compiled)
+    tiny_centred_targets_c_anywhere tiny_centred_targets_c_paper tinyB_compiled tinyB_interpolated_targets)
 for variant in "${VARIANTS[@]}"; do "$variant"; done
 
 python3 - "$OUT" <<'EOF'

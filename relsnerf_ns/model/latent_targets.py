@@ -95,6 +95,21 @@ class LatentTargets:
         return (((predicted.float() - target) / self.std) ** 2).mean()
 
 
+def target_bytes(image_sizes: List[tuple], channels: int, offsets: int) -> int:
+    """Memory of the latent targets of images of these (height, width): float32 plain maps, float16 centred ones
+    (`offsets`^2 entries per 8x8 block)."""
+    blocks = sum(math.ceil(h / LATENT_DOWNSCALE) * math.ceil(w / LATENT_DOWNSCALE) for h, w in image_sizes)
+    return blocks * offsets**2 * channels * (2 if offsets > 1 else 4)
+
+
+def offsets_within(image_sizes: List[tuple], channels: int, wanted: int, max_bytes: float) -> int:
+    """The largest number of centred offsets up to `wanted` whose targets fit in `max_bytes` (at least 1)."""
+    for offsets in sorted((p for p in CENTRED_OFFSETS if p <= wanted), reverse=True):
+        if offsets == 1 or target_bytes(image_sizes, channels, offsets) <= max_bytes:
+            return offsets
+    return 1
+
+
 def shifted_by(
     image: Float[Tensor, "1 3 H W"], dy: int, dx: int, margin: int = LATENT_DOWNSCALE
 ) -> Float[Tensor, "1 3 H W"]:

@@ -134,12 +134,16 @@ class RelsNerfModelConfig(NerfactoModelConfig):
     """L_z's targets: the encoder's latents averaged over this many x this many offsets of the 8x8 block grid (the
     views of a point disagree on its latent by where in its block it falls; the average is what a latent field shared
     by all views can render). 1: the plain E(I)."""
-    latent_target_offsets: int = 1
+    latent_target_offsets: int = 8
     """L_z's targets centred on each colour ray's pixel: the training images are encoded at P x P shifts of 8 / P
     pixels (P = 1, 2, 4 or 8), and a ray's target is the latent of the 8x8 block centred (to 8 / P pixels) on its
     pixel, instead of E(I) interpolated between block centres, which is not what a view whose block grid is centred
-    there encodes. Encoding takes P^2 encoder passes per image; the targets take P^2 / 2 times the memory of plain
-    E(I) (half precision). 1: plain E(I). Not combined with `latent_target_phases`."""
+    there encodes (docs/method.md gives the measured effect). Encoding takes P^2 encoder passes per image at the
+    start of phase B; the targets take P^2 / 2 times the memory of plain E(I) (half precision), at most
+    `latent_target_max_gib` (P is lowered to fit, said once). 1: plain E(I). Not combined with
+    `latent_target_phases`."""
+    latent_target_max_gib: float = 2.0
+    """Most memory (GiB, on the training device) that centred L_z targets may take; P is halved until they fit."""
     encoder_adaptation_mult: float = 0.0
     """Phase B (beyond the paper): weight of pulling the encoder's latents of each step's latent-patch crop towards the
     latents the field renders there (the field detached; in units of each latent channel's spread, as L_z). The views

@@ -35,7 +35,7 @@ from relsnerf_ns.data.relsnerf_datamanager import (
     random_patch,
 )
 from relsnerf_ns.evaluation.held_out import DECODED, held_out_views
-from relsnerf_ns.model.latent_targets import LatentTargets, encode_images
+from relsnerf_ns.model.latent_targets import LatentTargets, encode_images, offsets_within, target_bytes
 from relsnerf_ns.model.relsnerf_model import (
     CheckpointMismatchError,
     RelsNerfModel,
@@ -127,6 +127,8 @@ class RelsNerfPipeline(VanillaPipeline):
         self.distill_latents: Optional[Dict[str, List[torch.Tensor]]] = None
         """Phase C's latent maps of the training and render cameras (the latent field is frozen in phase C)."""
         self._latent_targets_decided = False
+        self._latent_target_offsets = 1
+        """The centred offsets of L_z's targets in use (the configured number, or fewer to fit the memory budget)."""
 
     @property
     def relsnerf_model(self) -> RelsNerfModel:
@@ -195,7 +197,7 @@ class RelsNerfPipeline(VanillaPipeline):
         model = self.relsnerf_model
         if self._latent_targets_decided:
             if model.latent_targets is not None and step is not None and self._latent_targets_refresh_due(step):
-                model.latent_targets = LatentTargets(self._encode_training_images(), model.config.latent_target_offsets)
+                model.latent_targets = LatentTargets(self._encode_training_images(), self._latent_target_offsets)
             return model.latent_targets
         self._latent_targets_decided = True
         if model.config.latent_loss_weight() <= 0:
@@ -206,8 +208,9 @@ class RelsNerfPipeline(VanillaPipeline):
                 "its latents are no targets; the latent field learns through the decoder (L_p) alone."
             )
             return None
+        self._latent_target_offsets = self._centred_offsets_that_fit()
         maps = self._encode_training_images()
-        model.latent_targets = LatentTargets(maps, model.config.latent_target_offsets)
+        model.latent_targets = LatentTargets(maps, self._latent_target_offsets)
         std = model.latent_targets.std
         refresh = ""
         if model.config.encoder_adaptation_mult > 0:
@@ -219,10 +222,29 @@ class RelsNerfPipeline(VanillaPipeline):
         )
         return model.latent_targets
 
+    def _centred_offsets_that_fit(self) -> int:
+        """The configured number of centred offsets, lowered (said once) until the targets fit the memory budget."""
+        config = self.relsnerf_model.config
+        if config.latent_target_phases > 1:
+            return 1
+        sizes = [tuple(image.shape[:2]) for image in self.datamanager.train_images]
+        channels = self.relsnerf_model.autoencoder.latent_channels
+        budget = config.latent_target_max_gib * 2**30
+        offsets = offsets_within(sizes, channels, config.latent_target_offsets, budget)
+        if offsets < config.latent_target_offsets:
+            wanted = target_bytes(sizes, channels, config.latent_target_offsets) / 2**30
+            spacing, wanted_spacing = 8 // offsets, 8 // config.latent_target_offsets
+            CONSOLE.print(
+                f"[yellow]L_z targets centred every {spacing} pixels, not every {wanted_spacing}: "
+                f"that would take {wanted:.1f} GiB for {len(sizes)} training images, over "
+                f"--pipeline.model.latent-target-max-gib {config.latent_target_max_gib:g} (raise it to keep them)."
+            )
+        return offsets
+
     def _latent_target_kind(self) -> str:
         config = self.relsnerf_model.config
-        if config.latent_target_offsets > 1:
-            spacing = 8 // config.latent_target_offsets
+        if self._latent_target_offsets > 1:
+            spacing = 8 // self._latent_target_offsets
             return f"centred every {spacing} pixel{'s' if spacing > 1 else ''}"
         if config.latent_target_phases > 1:
             return f"averaged over {config.latent_target_phases}^2 grid offsets"
@@ -239,7 +261,7 @@ class RelsNerfPipeline(VanillaPipeline):
             images,
             self.device,
             phases=config.latent_target_phases,
-            offsets=config.latent_target_offsets,
+            offsets=self._latent_target_offsets,
         )
 
     def _latent_targets_refresh_due(self, step: int) -> bool:
