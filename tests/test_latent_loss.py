@@ -262,6 +262,7 @@ def test_centred_latent_targets_are_built_at_phase_b_and_said(llff_scene, tmp_pa
     assert "latent_loss" in losses[Phase.JOINT]
     printed = " ".join(capsys.readouterr().out.split())
     assert "centred every 2 pixels" in printed, printed
+    assert "L_z targets: encoding the training images (16 encoder passes each)" in printed
     targets = trainer.pipeline.model.latent_targets
     height, width = trainer.pipeline.datamanager.train_images[0].shape[:2]
     assert targets.offsets == 4 and targets.maps.shape[1:3] == (4 * -(-height // 8), 4 * -(-width // 8))

@@ -18,7 +18,7 @@ from nerfstudio.data.datamanagers.base_datamanager import DataManagerConfig
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes
 from nerfstudio.models.base_model import ModelConfig
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
-from nerfstudio.utils.rich_utils import CONSOLE
+from nerfstudio.utils.rich_utils import CONSOLE, get_progress
 from rich.table import Table
 from torch import Tensor
 from torch.cuda.amp.grad_scaler import GradScaler
@@ -255,14 +255,22 @@ class RelsNerfPipeline(VanillaPipeline):
         on them as set."""
         config = self.relsnerf_model.config
         background = self.datamanager.alpha_background
-        images = [blend_alpha(image, background) for image in self.datamanager.train_images]
-        return encode_images(
-            self.relsnerf_model.autoencoder.encode,
-            images,
-            self.device,
-            phases=config.latent_target_phases,
-            offsets=self._latent_target_offsets,
+        passes = max(config.latent_target_phases, self._latent_target_offsets) ** 2
+        maps: List[torch.Tensor] = []
+        # Centred targets take 64 encoder passes per image: show the progress (minutes with a large encoder).
+        description = (
+            f"[bold]L_z targets: encoding the training images ({passes} encoder pass{'es' if passes > 1 else ''} each)"
         )
+        with get_progress(description) as progress:
+            for image in progress.track(self.datamanager.train_images):
+                maps += encode_images(
+                    self.relsnerf_model.autoencoder.encode,
+                    [blend_alpha(image, background)],
+                    self.device,
+                    phases=config.latent_target_phases,
+                    offsets=self._latent_target_offsets,
+                )
+        return maps
 
     def _latent_targets_refresh_due(self, step: int) -> bool:
         config = self.relsnerf_model.config
