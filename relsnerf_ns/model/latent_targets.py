@@ -13,12 +13,13 @@ units of each latent channel's standard deviation over the training set, so that
 
 Centred targets (`offsets` P > 1): the encoder's latent of a block depends on where the content lies inside it, so
 interpolating E(I) between block centres is not the latent of a block centred between them (on fern, 504x378,
-pretrained TAEF2, E(I) interpolated at a grid offset of 2 or 4 pixels decodes to 18.7 / 18.0 dB, the encoding of
-the image shifted by that offset to 26.1 dB: docs/scripts/centred_targets_probe.py). A colour ray whose pixel lies
+pretrained TAEF2, E(I) interpolated at a grid offset of 2 or 4 pixels decodes to 18.7 / 18.0 dB, the encoding of the
+image shifted by that offset to 26.1 dB: docs/scripts/centred_targets_probe.py). A colour ray whose pixel lies
 between block centres then teaches the field a latent that decodes far worse than the one a view whose grid is
-centred there needs. With P > 1 the image is encoded at P x P shifts of 8 / P pixels and the maps are interleaved into one map P times finer: entry (m, n) is the
-latent of the 8x8 block centred at pixel coordinate (4 + 8m / P, 4 + 8n / P), and a ray's target is interpolated
-from the nearest such centres (exact for P = 8 up to half a pixel). P = 1 is plain E(I).
+centred there needs. With P > 1 the image is encoded at P x P shifts of 8 / P pixels and the maps are interleaved
+into one map P times finer: entry (m, n) is the latent of the 8x8 block centred at pixel coordinate (4 + 8m / P, 4 +
+8n / P), and a ray's target is interpolated from the nearest such centres (exact for P = 8 up to half a pixel). P =
+1 is plain E(I).
 """
 
 from __future__ import annotations
