@@ -11,7 +11,7 @@ from relsnerf_ns.model.compiled_fields import CompiledInTraining, compile_sample
 from relsnerf_ns.model.latent_targets import LatentTargets
 
 from .conftest import camera
-from .test_joint_pass import joint_batch, no_sampling_jitter, step, with_density
+from .test_joint_pass import assert_same_step, joint_batch, no_sampling_jitter, step, with_density
 
 # Tracing reorders no arithmetic with the 'aot_eager' backend (the same aten operations run), so the values agree to
 # float32 rounding; the tolerance is that of the one-pass test.
@@ -35,14 +35,8 @@ def test_compiled_step_gives_the_losses_and_gradients_of_the_eager_step(model):
     torch._dynamo.utils.counters.clear()
     for _ in range(2):  # the second step runs the cached graphs
         compiled.zero_grad(set_to_none=True)
-        compiled_losses, compiled_grads = step(compiled, joint_batch(with_depth=True, num_patches=2))
-        assert set(compiled_losses) == set(eager_losses)
-        for name, value in eager_losses.items():
-            assert value != 0, name
-            torch.testing.assert_close(compiled_losses[name], value, rtol=RTOL, atol=ATOL, msg=name)
-        assert set(compiled_grads) == set(eager_grads)
-        for name, grad in eager_grads.items():
-            torch.testing.assert_close(compiled_grads[name], grad, rtol=RTOL, atol=ATOL, msg=name)
+        compiled_step = step(compiled, joint_batch(with_depth=True, num_patches=2))
+        assert_same_step(compiled_step, (eager_losses, eager_grads), rtol=RTOL, atol=ATOL)
     wrapper = vars(compiled.field)["get_density"]
     assert wrapper._compiled is not None  # it did run compiled: graphs were traced, once (static shapes)
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]

@@ -68,6 +68,19 @@ def step(model, train_batch: JointBatch):
     return {k: v.detach() for k, v in losses.items()}, grads
 
 
+def assert_same_step(got, expected, rtol: float = RTOL, atol: float = ATOL) -> None:
+    """Two steps' (losses, gradients), as `step` returns them, agree: the same names, every expected loss non-zero,
+    values within the tolerance."""
+    (got_losses, got_grads), (expected_losses, expected_grads) = got, expected
+    assert set(got_losses) == set(expected_losses)
+    for name, value in expected_losses.items():
+        assert value != 0, name
+        torch.testing.assert_close(got_losses[name], value, rtol=rtol, atol=atol, msg=name)
+    assert set(got_grads) == set(expected_grads)
+    for name, grad in expected_grads.items():
+        torch.testing.assert_close(got_grads[name], grad, rtol=rtol, atol=atol, msg=name)
+
+
 @pytest.mark.parametrize("with_depth,num_patches", [(False, 1), (True, 2)])
 def test_single_pass_gives_the_losses_and_gradients_of_separate_passes(model, with_depth, num_patches):
     model.train()
@@ -84,13 +97,8 @@ def test_single_pass_gives_the_losses_and_gradients_of_separate_passes(model, wi
     separate_losses, separate_grads = step(separate, joint_batch(with_depth, num_patches))
 
     expected = {"rgb_loss", "interlevel_loss", "distortion_loss", "latent_loss", "patch_loss"}
-    assert set(single_losses) == set(separate_losses) == expected | ({"depth_loss"} if with_depth else set())
-    for name, value in separate_losses.items():
-        assert value != 0, name
-        torch.testing.assert_close(single_losses[name], value, rtol=RTOL, atol=ATOL, msg=name)
-    assert set(single_grads) == set(separate_grads)
-    for name, grad in separate_grads.items():
-        torch.testing.assert_close(single_grads[name], grad, rtol=RTOL, atol=ATOL, msg=name)
+    assert set(separate_losses) == expected | ({"depth_loss"} if with_depth else set())
+    assert_same_step((single_losses, single_grads), (separate_losses, separate_grads))
 
 
 def test_each_loss_of_the_single_pass_reaches_what_it_should(model):

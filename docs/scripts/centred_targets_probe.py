@@ -18,19 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
-from torchmetrics.functional.image import peak_signal_noise_ratio
+from decoder_adaptation import load, psnr, taef2  # this folder's script
 
-from relsnerf_ns.autoencoders.tiny import TinyAutoencoderConfig
 from relsnerf_ns.model.latent_targets import at_fractional_offset, shifted_by
 
 BORDER = 8
-
-
-def load(path: Path) -> torch.Tensor:
-    image = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).float().div(255).permute(2, 0, 1)[None]
-    height, width = image.shape[-2:]
-    return image[..., : height // 8 * 8, : width // 8 * 8]
 
 
 def main() -> None:
@@ -42,27 +34,17 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    autoencoder = (
-        TinyAutoencoderConfig(
-            encoder_weights=str(args.weights / "taef2_encoder.pth"),
-            decoder_weights=str(args.weights / "taef2_decoder.pth"),
-        )
-        .setup()
-        .to(args.device)
-        .eval()
-    )
+    autoencoder = taef2(args.weights, args.device).eval()
     paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
     paths = paths[:: args.every][: args.count]
     scores: dict = {}
 
     def score(name: str, latent: torch.Tensor, reference: torch.Tensor) -> None:
-        decoded = autoencoder.decode(latent).clamp(0, 1)[..., BORDER:-BORDER, BORDER:-BORDER]
-        value = peak_signal_noise_ratio(decoded, reference[..., BORDER:-BORDER, BORDER:-BORDER], data_range=1.0)
-        scores.setdefault(name, []).append(float(value))
+        scores.setdefault(name, []).append(psnr(autoencoder.decode(latent), reference, BORDER))
 
     with torch.no_grad():
         for path in paths:
-            image = load(path).to(args.device)
+            image = load(path, args.device)
             plain = autoencoder.encode(image)
 
             def moved(s: int) -> torch.Tensor:  # content moved up and left by s pixels

@@ -41,6 +41,14 @@ def load(path: Path, device: str) -> torch.Tensor:
     return image[..., : image.shape[-2] // 8 * 8, : image.shape[-1] // 8 * 8].to(device)
 
 
+def taef2(weights: Path, device: str) -> torch.nn.Module:
+    """The pretrained TAEF2 autoencoder from a folder with taef2_encoder.pth and taef2_decoder.pth."""
+    config = TinyAutoencoderConfig(
+        encoder_weights=str(weights / "taef2_encoder.pth"), decoder_weights=str(weights / "taef2_decoder.pth")
+    )
+    return config.setup().to(device)
+
+
 def rolled(image: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     """The image's content moved by (dy, dx), wrapping around (how the figures in docs/method.md were measured)."""
     return torch.roll(image, (dy, dx), dims=(-2, -1))
@@ -72,14 +80,7 @@ def main() -> None:
     images = [load(p, args.device) for p in files]
     held = list(range(0, len(images), 8))
     train = [i for i in range(len(images)) if i not in held]
-    autoencoder = (
-        TinyAutoencoderConfig(
-            encoder_weights=str(args.weights / "taef2_encoder.pth"),
-            decoder_weights=str(args.weights / "taef2_decoder.pth"),
-        )
-        .setup()
-        .to(args.device)
-    )
+    autoencoder = taef2(args.weights, args.device)
     with torch.no_grad():
         ceiling = [psnr(autoencoder.reconstruct(image), image) for image in images]
         averaged = [phase_averaged_encoding(autoencoder.encode, image, args.phases, rolled) for image in images]

@@ -16,7 +16,7 @@ the CPU in tests/test_compiled_fields.py); parameters, state dicts and checkpoin
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -49,18 +49,18 @@ class CompiledInTraining:
         return CompiledInTraining(copy.deepcopy(self.module, memo), self.name, self.backend)
 
 
-def compile_in_training(module: nn.Module, names: tuple, backend: str) -> List[str]:
+def compile_in_training(module: nn.Module, names: Tuple[str, ...], backend: str) -> int:
     """Replace each method `names` of `module` (an instance attribute shadowing the class's) by its compiled form for
-    training. Returns the names replaced."""
+    training. Returns how many were replaced."""
     for name in names:
         setattr(module, name, CompiledInTraining(module, name, backend))
-    return list(names)
+    return len(names)
 
 
 def compile_sample_evaluations(model: nn.Module, backend: str = "inductor") -> int:
     """Compile the field's and every proposal network's per-sample evaluations for training (see the module
     docstring). Returns the number of methods replaced."""
-    count = len(compile_in_training(model.field, FIELD_METHODS, backend))
+    count = compile_in_training(model.field, FIELD_METHODS, backend)
     for network in model.proposal_networks:
-        count += len(compile_in_training(network, PROPOSAL_METHODS, backend))
+        count += compile_in_training(network, PROPOSAL_METHODS, backend)
     return count

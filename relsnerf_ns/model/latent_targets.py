@@ -105,8 +105,8 @@ def target_bytes(image_sizes: List[tuple], channels: int, offsets: int) -> int:
 
 def offsets_within(image_sizes: List[tuple], channels: int, wanted: int, max_bytes: float) -> int:
     """The largest number of centred offsets up to `wanted` whose targets fit in `max_bytes` (at least 1)."""
-    for offsets in sorted((p for p in CENTRED_OFFSETS if p <= wanted), reverse=True):
-        if offsets == 1 or target_bytes(image_sizes, channels, offsets) <= max_bytes:
+    for offsets in sorted((p for p in CENTRED_OFFSETS if 1 < p <= wanted), reverse=True):
+        if target_bytes(image_sizes, channels, offsets) <= max_bytes:
             return offsets
     return 1
 
