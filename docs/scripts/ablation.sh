@@ -179,13 +179,37 @@ tinyB_paper_b() {
         --pipeline.model.compile-training True
 }
 
+# Decoder guidance: the decoder also sees the colour NeRF's colour, log depth and accumulation of the latent rays
+# through a zero-initialised adapter (--pipeline.model.decoder-guidance rgb-depth), against the plain decoder.
+GUIDED="--pipeline.model.decoder-guidance rgb-depth"
+UNGUIDED="--pipeline.model.decoder-guidance none"
+# shellcheck disable=SC2086
+tinyB_guided() { tiny_b tinyB_guided $GUIDED; }
+# shellcheck disable=SC2086
+tinyB_unguided() { tiny_b tinyB_unguided $UNGUIDED; }
+# shellcheck disable=SC2046,SC2086
+tiny_guided_c_short() {  # the short phase C (grid-aligned crops, the default) after tinyB_guided
+    tinyB_guided
+    train tiny_guided_c_short relsnerf-tiny $TINY_WEIGHTS $GUIDED $(from_b tinyB_guided relsnerf-tiny)
+}
+# shellcheck disable=SC2046,SC2086
+tiny_unguided_c_short() {
+    tinyB_unguided
+    train tiny_unguided_c_short relsnerf-tiny $TINY_WEIGHTS $UNGUIDED $(from_b tinyB_unguided relsnerf-tiny)
+}
+# shellcheck disable=SC2086
+r32_guided() { train r32_guided relsnerf-r32 $GUIDED; }
+# shellcheck disable=SC2086
+r32_unguided() { train r32_unguided relsnerf-r32 $UNGUIDED; }
+
 VARIANTS=("$@")
 [ ${#VARIANTS[@]} -eq 0 ] && VARIANTS=(tiny_c_short tinyB_paper_nerf_rate tinyB_phase_targets tiny_phase_targets_c_short
     tinyB_view_free_latents tiny_c_decoder_rate tiny_c_anywhere tiny_c_anywhere_long tinyB_frozen_decoder
     tiny_frozen_decoder_c_anywhere tinyB_wide_latents tiny_wide_latents_c_anywhere
     tinyB_encoder_adaptation tiny_encoder_adaptation_c_anywhere tinyB_encoder_adaptation_strong tiny_c_paper r32_c_short
     r32_c_large_crops tiny_four_patches tiny_lz_tenth r32_c_paper tiny_paper_recipe tinyB_centred_targets
-    tiny_centred_targets_c_anywhere tiny_centred_targets_c_paper tinyB_compiled tinyB_interpolated_targets tinyB_paper_b)
+    tiny_centred_targets_c_anywhere tiny_centred_targets_c_paper tinyB_compiled tinyB_interpolated_targets tinyB_paper_b
+    tinyB_guided tiny_guided_c_short tinyB_unguided tiny_unguided_c_short r32_guided r32_unguided)
 for variant in "${VARIANTS[@]}"; do "$variant"; done
 
 python3 - "$OUT" <<'EOF'

@@ -253,7 +253,7 @@ def decoded_breakdown_ms(model, cameras: List[Cameras], device: str) -> Dict[str
             seconds = stage_times(renderer, camera, lambda function: timed(function, device)[1])
         else:
             low, latent_seconds = timed(lambda: model.render_latent_frame(camera), device)
-            _, decode_seconds = timed(lambda: model.decode_latent_map(low["latent"]).clamp(0.0, 1.0), device)
+            _, decode_seconds = timed(lambda: model.decode_latent_map(model.decoder_input_map(low)).clamp(0, 1), device)
             seconds = {"latent_render": latent_seconds, "decode": decode_seconds}
         for stage, value in seconds.items():
             stages.setdefault(stage, []).append(value)
@@ -290,6 +290,8 @@ def stage_times(renderer: Any, camera: Cameras, timer: Callable[[Callable[[], ob
             )
 
         times["compositing"] = timer(composite)
-        latent = composite()[0].reshape(*renderer.latent_rays(camera).shape, -1)
-        times["decoding"] = timer(lambda: renderer.decode(latent))
+        shape = renderer.latent_rays(camera).shape
+        maps = dict(zip(("latent", "rgb_nerf", "depth", "accumulation"), composite()))
+        inputs = model.decoder_input_map({key: value.reshape(*shape, -1) for key, value in maps.items()})
+        times["decoding"] = timer(lambda: renderer.decode(inputs))
     return times

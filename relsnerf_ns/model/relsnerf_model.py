@@ -24,6 +24,7 @@ from torch.profiler import record_function
 from relsnerf_ns.autoencoders import AutoencoderConfig, LatentAutoencoder, R32AutoencoderConfig
 from relsnerf_ns.evaluation.image_metrics import image_metrics, psnr_from_mse
 from relsnerf_ns.model.compiled_fields import compile_sample_evaluations
+from relsnerf_ns.model.decoder_guidance import DecoderGuidance, DecoderGuidanceKind
 from relsnerf_ns.model.latent_targets import CENTRED_OFFSETS, LatentTargets
 from relsnerf_ns.model.offline_nerfacto import OfflineNerfactoModel
 from relsnerf_ns.model.relsnerf_field import RelsNerfField, resolve_implementation
@@ -177,6 +178,13 @@ class RelsNerfModelConfig(NerfactoModelConfig):
     """Width of the latent branch's MLPs."""
     latent_view_dependent: bool = True
     """Feed the viewing direction to the latent head (latents, like colours, can depend on the view)."""
+    decoder_guidance: DecoderGuidanceKind = "none"
+    """Beyond the paper: what the decoder sees besides the latent map. 'none': the latent map alone, D(z), as in the
+    paper. 'rgb': also the colour NeRF's colour on the latent rays; 'rgb-depth': also their log depth and
+    accumulation. The maps come from the samples that render the latents (no extra rays), pass through a small
+    convolutional adapter whose output, zero until trained, is added to the latent map (D(z + A(g))), and are
+    detached (L_p still never reaches the colour NeRF). relsnerf_ns/model/decoder_guidance.py says why;
+    docs/method.md gives the measured effect."""
     rgb_nerf_full_resolution: bool = False
     """get_outputs_for_camera renders `rgb_nerf` with one ray per pixel (slow, like nerfacto). When False it is the
     colour NeRF composited on the latent rays (1/8 resolution) and upsampled; evaluation always renders it in full."""
@@ -271,6 +279,7 @@ class RelsNerfModel(OfflineNerfactoModel):
             )
         self.config.implementation = resolve_implementation(self.config.implementation)
         self.autoencoder = self.config.autoencoder.setup()
+        self.decoder_guidance = DecoderGuidance(self.config.decoder_guidance, self.autoencoder.latent_channels)
         super().populate_modules()  # nerfacto's modules, with our field (make_field) and without LPIPS downloads
         if self.config.implementation == "torch" and self.config.hash_grid_kernel == "fused":
             use_fused_hash_grids(self)
@@ -306,7 +315,8 @@ class RelsNerfModel(OfflineNerfactoModel):
             "fields": self.field.rgb_nerf_parameters(),
             "latent_field": self.field.latent_parameters(),
             "ae_encoder": self.autoencoder.encoder_parameters(),
-            "ae_decoder": self.autoencoder.decoder_parameters(),
+            # The guidance adapter is part of the decoder: trained with it in phases B and C (phase A has no NeRF).
+            "ae_decoder": self.autoencoder.decoder_parameters() + list(self.decoder_guidance.parameters()),
         }
         self.camera_optimizer.get_param_groups(param_groups=groups)
         return groups
@@ -358,9 +368,10 @@ class RelsNerfModel(OfflineNerfactoModel):
             target = torch.stack([p.image for p in patches]).to(self.device)
         depth = batch.get("depth_rays")
         if self.config.joint_pass == "single":
-            outputs, patch_latent, depth_outputs = self._render_joint_rays(ray_bundle, patch_rays, depth)
+            outputs, patch_maps, depth_outputs = self._render_joint_rays(ray_bundle, patch_rays, depth)
         else:
-            outputs, patch_latent, depth_outputs = self._render_joint_rays_separately(ray_bundle, patch_rays, depth)
+            outputs, patch_maps, depth_outputs = self._render_joint_rays_separately(ray_bundle, patch_rays, depth)
+        patch_latent = patch_maps["latent"]
         with record_function("relsnerf/losses"):
             metrics = self.get_metrics_dict(outputs, batch)
             loss_dict = self.get_loss_dict(outputs, batch, metrics)
@@ -370,7 +381,8 @@ class RelsNerfModel(OfflineNerfactoModel):
                     depth_outputs, distance.to(self.device), weight.to(self.device)
                 )
         with record_function("relsnerf/latent_patch_decoder"):
-            patch_mse = F.mse_loss(self.decode_latent_map(patch_latent.view(len(patches), n, n, -1)), target)
+            patch_inputs = self.decoder_input_map(patch_maps).view(len(patches), n, n, -1)
+            patch_mse = F.mse_loss(self.decode_latent_map(patch_inputs), target)
         loss_dict["patch_loss"] = self.config.patch_loss_mult * patch_mse
         metrics["patch_psnr"] = psnr_from_mse(patch_mse.detach(), 1e-10)
         if self.config.encoder_adaptation_mult > 0:
@@ -400,11 +412,12 @@ class RelsNerfModel(OfflineNerfactoModel):
 
     def _render_joint_rays(
         self, colour_rays: RayBundle, patch_rays: List[RayBundle], depth: Optional[Tuple[RayBundle, Tensor, Tensor]]
-    ) -> Tuple[Dict[str, Any], Tensor, Optional[Dict[str, Any]]]:
+    ) -> Tuple[Dict[str, Any], Dict[str, Tensor], Optional[Dict[str, Any]]]:
         """One pass over colour, latent-patch and depth rays: (colour rays' outputs, with their latents when L_z is
-        on; the patch rays' latents; the depth rays' outputs). Each part's outputs are those rays' rows of the
-        joint outputs, so nerfacto's interlevel and distortion losses see the colour rays alone, as in the separate
-        passes; the patch rays' weights are detached (L_p reaches the latent field and the decoder only)."""
+        on; the patch rays' latents, with their colour, depth and accumulation when the decoder is guided; the depth
+        rays' outputs). Each part's outputs are those rays' rows of the joint outputs, so nerfacto's interlevel and
+        distortion losses see the colour rays alone, as in the separate passes; the patch rays' weights are detached
+        (L_p reaches the latent field and the decoder only)."""
         parts = [colour_rays.flatten(), *patch_rays] + ([depth[0].to(self.device)] if depth is not None else [])
         sizes = [len(part) for part in parts]
         with record_function("relsnerf/joint_rays"):
@@ -420,11 +433,16 @@ class RelsNerfModel(OfflineNerfactoModel):
         if self.latent_targets is not None:
             outputs["latent"] = latent[:n_colour]
         depth_outputs = rows_of(joint, with_latent, sum(sizes)) if depth is not None else None
-        return outputs, latent[-n_patch:], depth_outputs
+        patch_maps = {"latent": latent[-n_patch:]}
+        if self.decoder_guidance.enabled:  # detached where the guidance maps are made
+            patch_maps["rgb_nerf"] = joint["rgb"][n_colour:with_latent]
+            patch_maps["depth"] = joint["depth"][n_colour:with_latent]
+            patch_maps["accumulation"] = joint["accumulation"][n_colour:with_latent]
+        return outputs, patch_maps, depth_outputs
 
     def _render_joint_rays_separately(
         self, colour_rays: RayBundle, patch_rays: List[RayBundle], depth: Optional[Tuple[RayBundle, Tensor, Tensor]]
-    ) -> Tuple[Dict[str, Any], Tensor, Optional[Dict[str, Any]]]:
+    ) -> Tuple[Dict[str, Any], Dict[str, Tensor], Optional[Dict[str, Any]]]:
         """The same outputs as `_render_joint_rays`, from one pass per kind of ray."""
         with record_function("relsnerf/colour_rays"):
             # Colour rays first: nerfacto's proposal sampler trains its networks on the first pass of a step.
@@ -434,14 +452,15 @@ class RelsNerfModel(OfflineNerfactoModel):
             with record_function("relsnerf/depth_rays"):
                 depth_outputs = self.forward(depth[0].to(self.device))
         with record_function("relsnerf/latent_patch"):
-            patch_latent = self.render_latents(cat_dataclasses(patch_rays))["latent"]
-        return outputs, patch_latent, depth_outputs
+            patch_maps = self.render_latents(cat_dataclasses(patch_rays), with_colour=self.decoder_guidance.enabled)
+        return outputs, patch_maps, depth_outputs
 
     def _distill_step(self, train_batch: DistillBatch):
-        """Phase C (eq. 4): decoder MSE on crops of cached latent maps, real images and renders weighted apart."""
-        latents = train_batch.latents.to(self.device).detach()
+        """Phase C (eq. 4): decoder MSE on crops of cached decoder input maps (latents, with the guidance maps when
+        the decoder is guided), real images and renders weighted apart."""
+        inputs = train_batch.latents.to(self.device).detach()
         targets = train_batch.targets.to(self.device)
-        per_crop = ((self.decode_latent_map(latents) - targets) ** 2).mean(dim=(1, 2, 3))
+        per_crop = ((self.decode_latent_map(inputs) - targets) ** 2).mean(dim=(1, 2, 3))
         k, weight = train_batch.num_real, train_batch.real_weight
         real = per_crop[0] if k == 1 else per_crop[:k].mean()
         loss_dict = {"distill_real_loss": weight * real}
@@ -489,11 +508,43 @@ class RelsNerfModel(OfflineNerfactoModel):
             outputs["accumulation"] = self.renderer_accumulation(weights=weights)
         return outputs
 
-    def decode_latent_map(self, latent: Float[Tensor, "*batch rows cols n"]) -> Float[Tensor, "*batch 3 H W"]:
-        """D(I_Z): latent maps (channels last, as rendered) to images (channels first)."""
-        batched = latent if latent.ndim == 4 else latent[None]
-        images = self.autoencoder.decode(batched.permute(0, 3, 1, 2).contiguous())
-        return images if latent.ndim == 4 else images[0]
+    def decoder_input_map(self, maps: Dict[str, Tensor]) -> Float[Tensor, "*batch rows cols c"]:
+        """What the decoder decodes, channels last: the latent map, with the guidance channels appended when the
+        decoder is guided (from the same rays' `rgb_nerf`, `depth` and `accumulation`, as `render_latents` gives them
+        with `with_colour`)."""
+        latent = maps["latent"]
+        if not self.decoder_guidance.enabled:
+            return latent
+        missing = [key for key in ("rgb_nerf", "depth", "accumulation") if key not in maps]
+        if missing:
+            raise KeyError(
+                f"the decoder is guided ({self.config.decoder_guidance!r}) but the rendered maps lack {missing}: "
+                "render the latent rays with their colour (render_latents(..., with_colour=True))"
+            )
+        guidance = self.decoder_guidance.guidance_maps(maps["rgb_nerf"], maps["depth"], maps["accumulation"])
+        return torch.cat([latent, guidance.to(latent.dtype)], dim=-1)
+
+    def decode_latent_map(self, inputs: Float[Tensor, "*batch rows cols c"]) -> Float[Tensor, "*batch 3 H W"]:
+        """D(I_Z): decoder input maps (channels last, as rendered: see `decoder_input_map`) to images (channels
+        first)."""
+        batched = inputs if inputs.ndim == 4 else inputs[None]
+        images = self.decode_channels_first(batched.permute(0, 3, 1, 2).contiguous())
+        return images if inputs.ndim == 4 else images[0]
+
+    def decode_channels_first(self, inputs: Float[Tensor, "batch c h w"]) -> Float[Tensor, "batch 3 h*8 w*8"]:
+        """The decoder on [latent, guidance] channels: D(z), or D(z + A(g)) when the decoder is guided."""
+        n = self.autoencoder.latent_channels
+        expected = n + self.decoder_guidance.channels
+        if inputs.shape[1] != expected:
+            raise ValueError(
+                f"the decoder takes {expected} channels ({n} latent + {self.decoder_guidance.channels} guidance, "
+                f"--pipeline.model.decoder-guidance {self.config.decoder_guidance}), got {inputs.shape[1]}: build its "
+                "input with decoder_input_map"
+            )
+        latent = inputs[:, :n]
+        if self.decoder_guidance.enabled:
+            latent = latent + self.decoder_guidance(inputs[:, n:]).to(latent.dtype)
+        return self.autoencoder.decode(latent)
 
     def _render_latent_bundle_chunked(self, bundle: RayBundle) -> Dict[str, Tensor]:
         rows, cols = bundle.shape
@@ -507,10 +558,11 @@ class RelsNerfModel(OfflineNerfactoModel):
         )
         return {k: v.view(rows, cols, -1) for k, v in outputs.items()}
 
-    def decode_latent_frame(self, latent: Float[Tensor, "rows cols n"]) -> Float[Tensor, "3 H W"]:
-        """D(latent map) for inference: the whole map, or overlapping tiles once a frame ran out of GPU memory."""
-        batched = latent.permute(2, 0, 1)[None].contiguous()
-        return decode_frame(self.autoencoder.decode, batched, self.decode_tiles, self.config.decode_tile_halo)[0]
+    def decode_latent_frame(self, inputs: Float[Tensor, "rows cols c"]) -> Float[Tensor, "3 H W"]:
+        """D(decoder input map) for inference: the whole map, or overlapping tiles once a frame ran out of GPU
+        memory."""
+        batched = inputs.permute(2, 0, 1)[None].contiguous()
+        return decode_frame(self.decode_channels_first, batched, self.decode_tiles, self.config.decode_tile_halo)[0]
 
     def _render_fast_frame(self, camera: Cameras, obb_box: Optional[OrientedBox]):
         """The fast path's frame, or None when frames this large do not fit in GPU memory as one bundle."""
@@ -554,7 +606,7 @@ class RelsNerfModel(OfflineNerfactoModel):
             low, decoded = frame.low, frame.decoded
         else:  # the plain path (chunks that shrink when out of GPU memory, tiled decoding when needed)
             low = self.render_latent_frame(camera, obb_box=obb_box)
-            decoded = self.decode_latent_frame(low["latent"]).clamp(0.0, 1.0)
+            decoded = self.decode_latent_frame(self.decoder_input_map(low)).clamp(0.0, 1.0)
         outputs = {"rgb": decoded.permute(1, 2, 0)[:height, :width]}
         for key in ("rgb_nerf", "depth", "accumulation", "latent"):
             outputs[key] = upsample_latent_grid(low[key], height, width)

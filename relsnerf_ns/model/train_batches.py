@@ -38,7 +38,8 @@ class JointBatch:
 
 @dataclass
 class DistillBatch:
-    """Phase C: latent crops [K, n, n, C] and their target images [K, 3, 8n, 8n]; the first `num_real` are real
+    """Phase C: crops of decoder input maps [K, n, n, C] (latents, with guidance channels when the decoder is
+    guided) and their target images [K, 3, 8n, 8n]; the first `num_real` are real
     images, the rest RGB-NeRF renders. Loss: real_weight * mean over real + (1 - real_weight) * mean over renders."""
 
     latents: Tensor

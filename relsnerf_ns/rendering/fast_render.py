@@ -50,7 +50,9 @@ class LatentRenderingModel(Protocol):
 
     def render_latents(self, ray_bundle: RayBundle, with_colour: bool = False) -> Dict[str, Tensor]: ...
 
-    def decode_latent_map(self, latent: Float[Tensor, "*batch rows cols n"]) -> Float[Tensor, "*batch 3 H W"]: ...
+    def decoder_input_map(self, maps: Dict[str, Tensor]) -> Float[Tensor, "*batch rows cols c"]: ...
+
+    def decode_latent_map(self, inputs: Float[Tensor, "*batch rows cols c"]) -> Float[Tensor, "*batch 3 H W"]: ...
 
     def modules(self) -> Iterator[torch.nn.Module]: ...
 
@@ -113,14 +115,15 @@ class LatentFrameRenderer:
             bundle = model.collider(bundle)
         return bundle
 
-    def decode(self, latent: Float[Tensor, "rows cols n"]) -> Float[Tensor, "3 H8 W8"]:
+    def decode(self, inputs: Float[Tensor, "rows cols c"]) -> Float[Tensor, "3 H8 W8"]:
+        """The decoder on a decoder input map (the latent map, with guidance channels when the decoder is guided)."""
         autocast = (
             torch.autocast("cuda", dtype=torch.float16)
-            if self.half_precision_decoder and latent.is_cuda
+            if self.half_precision_decoder and inputs.is_cuda
             else contextlib.nullcontext()
         )
         with autocast:
-            decoded = self.model.decode_latent_map(latent)
+            decoded = self.model.decode_latent_map(inputs)
         return decoded.float().clamp(0.0, 1.0)
 
     def _frame(self, rays: Dict[str, Tensor]) -> Dict[str, Tensor]:
@@ -137,7 +140,7 @@ class LatentFrameRenderer:
         )
         low = self.model.render_latents(bundle, with_colour=True)
         outputs = {key: low[key].reshape(rows, cols, -1) for key in LOW_RES_KEYS}
-        outputs["decoded"] = self.decode(outputs["latent"])
+        outputs["decoded"] = self.decode(self.model.decoder_input_map(outputs))
         return outputs
 
     # ------------------------------------------------------------------ frames

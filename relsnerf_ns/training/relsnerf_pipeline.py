@@ -14,6 +14,7 @@ from typing import Any, Dict, Iterator, List, Literal, Mapping, Optional, Tuple,
 
 import torch
 import torch.distributed as dist
+from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.data.datamanagers.base_datamanager import DataManagerConfig
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes
 from nerfstudio.models.base_model import ModelConfig
@@ -45,6 +46,9 @@ from relsnerf_ns.model.relsnerf_model import (
 from relsnerf_ns.model.train_batches import AutoencoderBatch, DistillBatch, JointBatch, TrainBatch
 from relsnerf_ns.training.distill_renders import DistillRenders
 from relsnerf_ns.training.phases import Phase, PhaseScheduleConfig
+
+GUIDANCE_PREFIX = "decoder_guidance."
+"""State-dict keys of the decoder guidance adapter (absent from checkpoints trained before it existed)."""
 
 
 @dataclass
@@ -322,8 +326,9 @@ class RelsNerfPipeline(VanillaPipeline):
         patch = random_patch(cameras.to(self.device), images, size, index, background=background)
         model = self.relsnerf_model
         with self._inference_sampling(), torch.no_grad():
-            latent = model.render_latents(patch.ray_bundle.flatten())["latent"]
-        return patch.image, latent.float().view(patch.latent_size, patch.latent_size, -1)
+            maps = model.render_latents(patch.ray_bundle.flatten(), with_colour=model.decoder_guidance.enabled)
+            inputs = model.decoder_input_map(maps)
+        return patch.image, inputs.float().view(patch.latent_size, patch.latent_size, -1)
 
     @contextlib.contextmanager
     def _inference_sampling(self) -> Iterator[None]:
@@ -341,18 +346,20 @@ class RelsNerfPipeline(VanillaPipeline):
             model.train(was_training)
 
     def ensure_distill_latents(self) -> Dict[str, List[torch.Tensor]]:
-        """The latent maps [rows, cols, n] of every training camera and every phase-C render camera, made once."""
+        """The decoder input maps [rows, cols, c] (latent maps, with the guidance channels when the decoder is
+        guided) of every training camera and every phase-C render camera, made once."""
         if self.distill_latents is None:
             model = self.relsnerf_model
             renders = self.ensure_distill_renders()
             cameras = self.datamanager.train_cameras
+
+            def inputs(camera: Cameras) -> torch.Tensor:
+                return model.decoder_input_map(model.render_latent_frame(camera))
+
             with self._inference_sampling():
                 self.distill_latents = {
-                    "train": [model.render_latent_frame(cameras[i : i + 1])["latent"] for i in range(len(cameras))],
-                    "renders": [
-                        model.render_latent_frame(renders.cameras[i : i + 1])["latent"]
-                        for i in range(len(renders.cameras))
-                    ],
+                    "train": [inputs(cameras[i : i + 1]) for i in range(len(cameras))],
+                    "renders": [inputs(renders.cameras[i : i + 1]) for i in range(len(renders.cameras))],
                 }
         return self.distill_latents
 
@@ -489,6 +496,18 @@ class RelsNerfPipeline(VanillaPipeline):
         }
         model_state = {k[len("_model.") :]: v for k, v in state_dict.items() if k.startswith("_model.")}
         own = self.model.state_dict()
+        guidance = [k for k in own if k.startswith(GUIDANCE_PREFIX)]
+        if guidance and not any(k.startswith(GUIDANCE_PREFIX) for k in model_state):
+            # Trained before decoder guidance existed: its untrained adapter (zero output) decodes exactly as that
+            # run's decoder did, so the run loads and renders as it was trained.
+            CONSOLE.print(
+                "The checkpoint was trained without decoder guidance; it decodes the latent map alone, as it was "
+                "trained (its guidance adapter stays at zero)."
+            )
+            state_dict = dict(state_dict)
+            for key in guidance:
+                model_state[key] = own[key]
+                state_dict["_model." + key] = own[key]
         missing = sorted(set(own) - set(model_state))
         unexpected = sorted(set(model_state) - set(own))
         shapes = [

@@ -1,0 +1,97 @@
+"""Decoder guidance: the colour NeRF's colour, depth and accumulation on the latent rays, as extra decoder inputs.
+
+Beyond the paper. The latent rays are composited with the colour NeRF's weights, so the same samples also give the
+RGB-NeRF's colour, depth and accumulation of each 8x8 block for the cost of the colour head. Unlike the latents,
+which a field shared by all views fits only as something like their mean over views (docs/method.md, "What limits
+the decoded output"), these maps are view-consistent by construction, and depth says where occlusion edges lie in
+this view. The decoder gets them through a small convolutional adapter whose output is added to the latent map
+before decoding: D(z + A(g)). The adapter's last layer starts at zero (ControlNet's "zero convolution"), so an
+untrained adapter leaves the decoder exactly as phase A (or the pretrained weights) left it, and it is trained with
+the decoder in phases B and C. Nothing of it reaches the NeRF: the guidance maps are detached.
+
+In code, a "decoder input map" is the latent map with the guidance channels appended, channels last:
+[..., rows, cols, n + G]. Everything that carries latent maps to the decoder (phase B's patches, phase C's cached
+maps and crops, the inference paths) carries decoder input maps instead, so that crops of both stay aligned.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Literal, Tuple
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+DecoderGuidanceKind = Literal["none", "rgb", "rgb-depth"]
+
+GUIDANCE_CHANNELS: Dict[str, Tuple[str, ...]] = {
+    "none": (),
+    "rgb": ("rgb", "rgb", "rgb"),
+    "rgb-depth": ("rgb", "rgb", "rgb", "log_depth", "accumulation"),
+}
+"""Which rendered quantity each guidance channel holds, per kind."""
+
+MIN_DEPTH = 1e-3
+"""Depths are clamped to this before their logarithm (a ray that hits nothing can render a depth of 0)."""
+
+
+class DecoderGuidance(nn.Module):
+    """Maps guidance maps [B, G, h, w] to an offset of the latent map [B, n, h, w] (zero until trained).
+
+    Args:
+        kind: which rendered maps guide the decoder ("none" builds no layers and adds nothing).
+        latent_channels: n, the autoencoder's latent channels.
+        hidden_channels: width of the adapter's hidden layer.
+    """
+
+    def __init__(self, kind: DecoderGuidanceKind, latent_channels: int, hidden_channels: int = 64) -> None:
+        super().__init__()
+        if kind not in GUIDANCE_CHANNELS:
+            raise ValueError(
+                f"--pipeline.model.decoder-guidance must be one of {', '.join(GUIDANCE_CHANNELS)}, got {kind!r}"
+            )
+        self.kind = kind
+        self.channels = len(GUIDANCE_CHANNELS[kind])
+        self.latent_channels = latent_channels
+        self.adapter = None
+        if self.channels:
+            last = nn.Conv2d(hidden_channels, latent_channels, 3, padding=1)
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+            self.adapter = nn.Sequential(
+                nn.Conv2d(self.channels, hidden_channels, 3, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(hidden_channels, hidden_channels, 3, padding=1),
+                nn.ReLU(),
+                last,
+            )
+
+    @property
+    def enabled(self) -> bool:
+        return self.adapter is not None
+
+    def guidance_maps(
+        self,
+        rgb: Float[Tensor, "*batch 3"],
+        depth: Float[Tensor, "*batch 1"],
+        accumulation: Float[Tensor, "*batch 1"],
+    ) -> Float[Tensor, "*batch G"]:
+        """The guidance channels of rendered colour, depth and accumulation (channels last, detached)."""
+        parts = {
+            "rgb": rgb.detach(),
+            "log_depth": torch.log(depth.detach().float().clamp_min(MIN_DEPTH)),
+            "accumulation": accumulation.detach(),
+        }
+        names = GUIDANCE_CHANNELS[self.kind]
+        used = [parts[name] for name in dict.fromkeys(names)]  # each quantity once, in channel order
+        if not used:
+            return rgb.new_zeros(*rgb.shape[:-1], 0)
+        return torch.cat([part.to(rgb.dtype) for part in used], dim=-1)
+
+    def forward(self, guidance: Float[Tensor, "batch G h w"]) -> Float[Tensor, "batch n h w"]:
+        if self.adapter is None:
+            raise RuntimeError("decoder guidance is off (kind 'none'): there is no adapter to run")
+        return self.adapter(guidance)
+
+
+__all__ = ["GUIDANCE_CHANNELS", "DecoderGuidance", "DecoderGuidanceKind"]

@@ -1,0 +1,193 @@
+"""Decoder guidance: the colour NeRF's colour, depth and accumulation of the latent rays as extra decoder inputs.
+
+What is checked: the channels of a decoder input map, that an untrained adapter decodes exactly as the plain decoder,
+which parameters L_p reaches with guidance (the adapter and the decoder, never the colour NeRF), phase C and the
+inference paths carrying the guidance channels, errors, and loading a checkpoint trained without guidance."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from nerfstudio.data.scene_box import SceneBox
+
+from relsnerf_ns.model.decoder_guidance import MIN_DEPTH, DecoderGuidance
+from relsnerf_ns.relsnerf_config import relsnerf_r32
+from relsnerf_ns.rendering.latent_rays import latent_ray_bundle
+from relsnerf_ns.training.phases import Phase
+
+from .conftest import TINY_AE, TINY_MODEL, camera, reached_groups, tiny_config
+from .test_joint_pass import joint_batch
+
+
+def guided_model(kind: str = "rgb-depth", seed: int = 0):
+    """The conftest `model` (a tiny relsnerf-r32 on the CPU) with decoder guidance."""
+    torch.manual_seed(seed)
+    config = copy.deepcopy(relsnerf_r32.config.pipeline.model)
+    for k, v in TINY_MODEL.items():
+        setattr(config, k, v)
+    for k, v in TINY_AE["relsnerf-r32"].items():
+        setattr(config.autoencoder, k, v)
+    config.decoder_guidance = kind
+    scene_box = SceneBox(aabb=torch.tensor([[-1.5, -1.5, -1.5], [1.5, 1.5, 1.5]]))
+    return config.setup(scene_box=scene_box, num_train_data=4, metadata={}, device="cpu")
+
+
+def rendered_maps(model, rows: int = 3, cols: int = 4):
+    bundle = latent_ray_bundle(camera(), 0, 8, 16, rows, cols).flatten()
+    with torch.no_grad():
+        maps = model.render_latents(bundle, with_colour=True)
+    return {key: value.view(rows, cols, -1) for key, value in maps.items()}
+
+
+@pytest.mark.parametrize("kind, channels", [("none", 0), ("rgb", 3), ("rgb-depth", 5)])
+def test_decoder_input_map_appends_the_guidance_channels(kind, channels):
+    model = guided_model(kind)
+    model.eval()
+    maps = rendered_maps(model)
+    inputs = model.decoder_input_map(maps)
+    assert inputs.shape == (3, 4, 8 + channels)
+    torch.testing.assert_close(inputs[..., :8], maps["latent"])
+    if channels:
+        torch.testing.assert_close(inputs[..., 8:11], maps["rgb_nerf"])
+    if channels == 5:
+        expected_depth = torch.log(maps["depth"].clamp_min(MIN_DEPTH))
+        torch.testing.assert_close(inputs[..., 11:12], expected_depth)
+        torch.testing.assert_close(inputs[..., 12:13], maps["accumulation"])
+    assert len(list(model.decoder_guidance.parameters())) == (6 if channels else 0)
+
+
+def test_an_untrained_adapter_decodes_exactly_as_the_plain_decoder():
+    guided, plain = guided_model("rgb-depth"), guided_model("none")
+    plain.load_state_dict({k: v for k, v in guided.state_dict().items() if not k.startswith("decoder_guidance.")})
+    guided.eval()
+    maps = rendered_maps(guided)
+    # Guidance channels far from zero: only the adapter's zero-initialised last layer keeps them out.
+    assert maps["rgb_nerf"].abs().sum() > 0
+    torch.testing.assert_close(
+        guided.decode_latent_map(guided.decoder_input_map(maps)), plain.decode_latent_map(maps["latent"])
+    )
+
+
+def test_patch_loss_with_guidance_reaches_the_latent_field_decoder_and_adapter_only():
+    model = guided_model("rgb-depth")
+    model.train()
+    _, losses, _ = model.train_step(joint_batch(with_depth=False))
+    assert reached_groups(model, losses["patch_loss"]) == {"latent_field", "ae_decoder"}
+    # The adapter's last layer (zero at first) gets a gradient: its output moves the latent map the decoder sees.
+    last = model.decoder_guidance.adapter[-1]
+    assert last.weight.grad is not None and last.weight.grad.abs().sum() > 0
+    # The guidance maps are detached: nothing of L_p flows into colour, density or the proposal networks.
+    adapter_params = {id(p) for p in model.decoder_guidance.parameters()}
+    assert adapter_params <= {id(p) for p in model.get_param_groups()["ae_decoder"]}
+
+
+def test_one_pass_and_separate_passes_give_the_same_guided_patch_loss():
+    model = guided_model("rgb-depth")
+    # A trained-looking adapter: non-zero last layer, so the guidance changes the decoded patch.
+    torch.nn.init.normal_(model.decoder_guidance.adapter[-1].weight, std=0.1)
+    for module in model.modules():
+        if hasattr(module, "train_stratified"):
+            module.train_stratified = False
+    model.train()
+    losses = {}
+    for joint_pass in ("single", "separate"):
+        model.config.joint_pass = joint_pass
+        torch.manual_seed(5)
+        _, step_losses, _ = model.train_step(joint_batch(with_depth=False))
+        losses[joint_pass] = step_losses["patch_loss"].detach()
+    torch.testing.assert_close(losses["single"], losses["separate"], rtol=1e-5, atol=1e-6)
+
+
+def test_decoding_a_map_without_its_guidance_channels_says_how_to_build_it():
+    model = guided_model("rgb")
+    maps = rendered_maps(model)
+    with pytest.raises(ValueError, match=r"takes 11 channels \(8 latent \+ 3 guidance.*decoder_input_map"):
+        model.decode_latent_map(maps["latent"])
+    with pytest.raises(KeyError, match="render the latent rays with their colour"):
+        model.decoder_input_map({"latent": maps["latent"]})
+    with pytest.raises(ValueError, match="--pipeline.model.decoder-guidance must be one of none, rgb, rgb-depth"):
+        DecoderGuidance("colour", 8)  # type: ignore[arg-type]
+
+
+def test_fast_and_plain_inference_paths_decode_with_the_guidance(tmp_path):
+    model = guided_model("rgb-depth")
+    torch.nn.init.normal_(model.decoder_guidance.adapter[-1].weight, std=0.1)
+    model.eval()
+    cam = camera(width=60, height=44)  # not multiples of 8: padded, decoded, cropped
+    model.config.inference_path = "fast"
+    fast = model.get_outputs_for_camera(cam)
+    model.config.inference_path = "plain"
+    plain = model.get_outputs_for_camera(cam)
+    assert fast["rgb"].shape == (44, 60, 3)
+    torch.testing.assert_close(fast["rgb"], plain["rgb"], atol=1e-5, rtol=1e-5)
+    # The guidance moved the image: without the adapter's offset the decoded frame differs.
+    low = model.render_latent_frame(cam)
+    unguided = model.decode_channels_first(
+        torch.cat([low["latent"], torch.zeros(*low["latent"].shape[:2], 5)], -1).permute(2, 0, 1)[None]
+    )
+    with torch.no_grad():
+        guided = model.decode_latent_frame(model.decoder_input_map(low))
+    assert (guided - unguided[0]).abs().max() > 1e-4
+
+
+def phase_losses(trainer, steps):
+    trainer.pipeline.train()
+    losses = {}
+    for step in steps:
+        _, loss_dict, _ = trainer.train_iteration(step)
+        losses.setdefault(trainer.pipeline.phase, set()).update(loss_dict)
+    return losses
+
+
+@pytest.mark.parametrize("alignment", ["grid", "any"])
+def test_phase_c_trains_the_guided_decoder_on_guided_crops(scene, tmp_path, alignment):
+    config = tiny_config("relsnerf-r32", scene, tmp_path, steps=(1, 2, 2))
+    config.pipeline.model.decoder_guidance = "rgb-depth"
+    config.pipeline.distill_crop_alignment = alignment
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    pipeline, model = trainer.pipeline, trainer.pipeline.model
+    last = model.decoder_guidance.adapter[-1].weight
+    losses = phase_losses(trainer, range(3))
+    assert losses[Phase.JOINT] >= {"patch_loss"}
+    after_b = last.detach().clone()
+    assert after_b.abs().sum() > 0  # phase B trained the adapter (it starts at zero)
+    losses = phase_losses(trainer, range(3, 5))
+    assert losses[Phase.DISTILL] == {"distill_real_loss", "distill_render_loss"}
+    assert not torch.equal(last.detach(), after_b)  # and so did phase C
+    if alignment == "grid":
+        maps = pipeline.distill_latents
+        assert maps["train"][0].shape == (6, 8, 8 + 5)  # 48x64 images: 8 latent + 5 guidance channels
+        model.eval()
+        model.proposal_sampler.set_anneal(1.0)  # as the maps were made (inference sampling)
+        low = model.render_latent_frame(pipeline.datamanager.train_cameras[1:2])
+        torch.testing.assert_close(maps["train"][1][..., 8:], model.decoder_input_map(low)[..., 8:])
+    else:
+        assert pipeline.distill_latents is None
+
+
+def test_a_checkpoint_trained_without_guidance_loads_into_a_guided_run_and_decodes_as_before(scene, tmp_path, capsys):
+    config = tiny_config("relsnerf-r32", scene, tmp_path / "plain", steps=(1, 1, 0))
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    state = {f"_model.{k}": v for k, v in trainer.pipeline.model.state_dict().items()}
+    assert not any("decoder_guidance" in k for k in state)
+    guided_config = tiny_config("relsnerf-r32", scene, tmp_path / "guided", steps=(1, 1, 0))
+    guided_config.pipeline.model.decoder_guidance = "rgb-depth"
+    guided = guided_config.setup(local_rank=0, world_size=1)
+    guided.setup()
+    capsys.readouterr()
+    guided.pipeline.load_pipeline(state, step=1)
+    assert "trained without decoder guidance" in " ".join(capsys.readouterr().out.split())
+    plain_model, guided_model_ = trainer.pipeline.model, guided.pipeline.model
+    plain_model.eval()
+    guided_model_.eval()
+    cam = camera()
+    with torch.no_grad():
+        expected = plain_model.get_outputs_for_camera(cam)["rgb"]
+        got = guided_model_.get_outputs_for_camera(cam)["rgb"]
+    torch.testing.assert_close(got, expected)
+    assert math.isfinite(float(got.mean()))
