@@ -61,7 +61,12 @@ def test_decoder_input_map_appends_the_guidance_channels(kind, channels):
 
 def test_an_untrained_adapter_decodes_exactly_as_the_plain_decoder():
     guided, plain = guided_model("rgb-depth"), guided_model("none")
-    plain.load_state_dict({k: v for k, v in guided.state_dict().items() if not k.startswith("decoder_guidance.")})
+    # The adapter is initialised from a forked generator: with the same seed, every other tensor is the plain run's.
+    plain_state = plain.state_dict()
+    guided_state = {k: v for k, v in guided.state_dict().items() if not k.startswith("decoder_guidance.")}
+    assert set(guided_state) == set(plain_state)
+    for key, value in plain_state.items():
+        assert not isinstance(value, torch.Tensor) or torch.equal(guided_state[key], value), key
     guided.eval()
     maps = rendered_maps(guided)
     # Guidance channels far from zero: only the adapter's zero-initialised last layer keeps them out.
@@ -171,6 +176,7 @@ def test_phase_c_trains_the_guided_decoder_on_guided_crops(scene, tmp_path, alig
 
 def test_a_checkpoint_trained_without_guidance_loads_into_a_guided_run_and_decodes_as_before(scene, tmp_path, capsys):
     config = tiny_config("relsnerf-r32", scene, tmp_path / "plain", steps=(1, 1, 0))
+    config.pipeline.model.decoder_guidance = "none"
     trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()
     state = {f"_model.{k}": v for k, v in trainer.pipeline.model.state_dict().items()}
@@ -191,3 +197,13 @@ def test_a_checkpoint_trained_without_guidance_loads_into_a_guided_run_and_decod
         got = guided_model_.get_outputs_for_camera(cam)["rgb"]
     torch.testing.assert_close(got, expected)
     assert math.isfinite(float(got.mean()))
+
+
+def test_the_recipe_chooses_the_guidance_unless_the_flag_is_set():
+    config = copy.deepcopy(relsnerf_r32.config.pipeline.model)
+    assert config.decoder_guidance is None
+    assert config.decoder_guidance_kind() == "rgb-depth"  # the 'relsnerf' recipe
+    config.recipe = "paper"
+    assert config.decoder_guidance_kind() == "none"  # the paper's decoder input, the latent map alone
+    config.decoder_guidance = "rgb"
+    assert config.decoder_guidance_kind() == "rgb"

@@ -330,16 +330,17 @@ def test_phase_c_crops_the_latent_maps_that_inference_renders(scene, tmp_path):
     latents = pipeline.distill_latents
     cameras = pipeline.datamanager.train_cameras
     assert len(latents["train"]) == len(cameras) and len(latents["renders"]) == 3
-    assert latents["train"][0].shape == (6, 8, 8)  # 48x64 images, 8 latent channels
+    # 48x64 images; 8 latent channels, then the 5 channels that guide the decoder (colour, log depth, accumulation)
+    assert latents["train"][0].shape == (6, 8, 8 + 5)
     # The map of a camera equals the latents of the rays through its blocks, rendered directly; a crop of it is
     # the latent of that crop's blocks.
     model.eval()
     with torch.no_grad():
         direct = model.render_latents(latent_ray_bundle(cameras, 1, 16, 24, 2, 3).flatten())["latent"]
-    torch.testing.assert_close(latents["train"][1][2:4, 3:6].reshape(6, -1), direct, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(latents["train"][1][2:4, 3:6, :8].reshape(6, -1), direct, atol=1e-5, rtol=1e-5)
     torch.manual_seed(3)
     image, latent = aligned_crop(pipeline.datamanager.train_images[1], latents["train"][1], 32)
-    assert image.shape == (3, 32, 32) and latent.shape == (4, 4, 8)
+    assert image.shape == (3, 32, 32) and latent.shape == (4, 4, 8 + 5)
     torch.manual_seed(3)
     top = 8 * int(torch.randint((48 - 32) // 8 + 1, (1,)))
     left = 8 * int(torch.randint((64 - 32) // 8 + 1, (1,)))
@@ -364,7 +365,8 @@ def test_phase_c_crops_anywhere_render_the_latents_of_their_blocks(scene, tmp_pa
     for seed in range(6):
         torch.manual_seed(seed)
         batch = pipeline._next_distill_batch()
-        assert batch.latents.shape == (3, 6, 6, 8) and batch.targets.shape == (3, 3, 48, 48)  # 48x64 images
+        # 48x64 images; 8 latent + 5 guidance channels
+        assert batch.latents.shape == (3, 6, 6, 8 + 5) and batch.targets.shape == (3, 3, 48, 48)
         # The same draws: the real image, two renders, then each crop's top and left at any pixel.
         torch.manual_seed(seed)
         picks = [(cameras, images, int(torch.randint(len(images), (1,))))]
@@ -378,7 +380,8 @@ def test_phase_c_crops_anywhere_render_the_latents_of_their_blocks(scene, tmp_pa
                 batch.targets[k], imgs[index][top : top + 48, left : left + 48, :3].permute(2, 0, 1)
             )
             with torch.no_grad():
-                direct = model.render_latents(latent_ray_bundle(cams, index, top, left, 6, 6).flatten())["latent"]
+                bundle = latent_ray_bundle(cams, index, top, left, 6, 6).flatten()
+                direct = model.decoder_input_map(model.render_latents(bundle, with_colour=True))
             torch.testing.assert_close(batch.latents[k].reshape(36, -1), direct, atol=1e-5, rtol=1e-5)
     assert len(offsets) > 1 and offsets != {(0, 0)}  # crops start inside blocks, not only on the grid
 

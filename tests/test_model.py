@@ -31,8 +31,8 @@ def test_latent_is_the_weighted_sum_of_z_along_each_ray(model):
 def test_patch_loss_reaches_only_the_latent_field_and_decoder(model):
     model.train()
     bundle = latent_ray_bundle(camera(), 0, 0, 0, 4, 4).flatten()
-    latent = model.render_latents(bundle)["latent"].view(4, 4, -1)
-    decoded = model.decode_latent_map(latent)
+    maps = model.render_latents(bundle, with_colour=True)  # the colour, depth and accumulation guide the decoder
+    decoded = model.decode_latent_map(model.decoder_input_map({k: v.view(4, 4, -1) for k, v in maps.items()}))
     assert decoded.shape == (3, 32, 32)
     torch.nn.functional.mse_loss(decoded, torch.rand(3, 32, 32)).backward()
     groups = model.get_param_groups()
@@ -84,8 +84,8 @@ def test_outputs_for_camera_at_any_size(model, size):
     assert low["latent"].shape[:2] == ((height + 7) // 8, (width + 7) // 8)
     assert set(outputs) == {"rgb", "rgb_nerf", "depth", "accumulation", "latent"}
     assert 0 <= outputs["rgb"].min() and outputs["rgb"].max() <= 1
-    # The decoded image is D(latent map), cropped.
-    expected = model.decode_latent_map(low["latent"]).clamp(0, 1).permute(1, 2, 0)[:height, :width]
+    # The decoded image is D(latent map, guided by the same rays' colour, depth and accumulation), cropped.
+    expected = model.decode_latent_map(model.decoder_input_map(low)).clamp(0, 1).permute(1, 2, 0)[:height, :width]
     torch.testing.assert_close(outputs["rgb"], expected)
 
 

@@ -48,8 +48,6 @@ class StepBenchmark(_Training):
     compile_training: bool = False
     """Compile the fields' sample evaluations for training (the model's --pipeline.model.compile-training); they
     compile in the warm-up steps."""
-    mixed_precision: bool = True
-    """Train under float16 autocast with a gradient scaler (the methods' default; the trainer's --mixed-precision)."""
     decoder_guidance: Optional[Literal["none", "rgb", "rgb-depth"]] = None
     """The model's --pipeline.model.decoder-guidance (None: the method's default)."""
 
@@ -62,7 +60,6 @@ def main(options: StepBenchmark) -> Dict[str, object]:
     config.steps_per_save = 10**9
     config.pipeline.model.joint_pass = options.joint_pass
     config.pipeline.model.compile_training = options.compile_training
-    config.mixed_precision = options.mixed_precision
     if options.decoder_guidance is not None:
         config.pipeline.model.decoder_guidance = options.decoder_guidance
     trainer = config.setup(local_rank=0, world_size=1)
@@ -118,7 +115,7 @@ def main(options: StepBenchmark) -> Dict[str, object]:
         "joint_pass": options.joint_pass,
         "compile_training": options.compile_training,
         "mixed_precision": options.mixed_precision,
-        "decoder_guidance": config.pipeline.model.decoder_guidance,
+        "decoder_guidance": config.pipeline.model.decoder_guidance_kind(),
         "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
     }
     result.update({"steps_per_second": rates, "profile_table": profiled.get("table")})

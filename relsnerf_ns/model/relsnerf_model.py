@@ -178,13 +178,13 @@ class RelsNerfModelConfig(NerfactoModelConfig):
     """Width of the latent branch's MLPs."""
     latent_view_dependent: bool = True
     """Feed the viewing direction to the latent head (latents, like colours, can depend on the view)."""
-    decoder_guidance: DecoderGuidanceKind = "none"
+    decoder_guidance: Optional[DecoderGuidanceKind] = None
     """Beyond the paper: what the decoder sees besides the latent map. 'none': the latent map alone, D(z), as in the
     paper. 'rgb': also the colour NeRF's colour on the latent rays; 'rgb-depth': also their log depth and
     accumulation. The maps come from the samples that render the latents (no extra rays), pass through a small
     convolutional adapter whose output, zero until trained, is added to the latent map (D(z + A(g))), and are
-    detached (L_p still never reaches the colour NeRF). relsnerf_ns/model/decoder_guidance.py says why;
-    docs/method.md gives the measured effect."""
+    detached (L_p still never reaches the colour NeRF). None takes the recipe's: 'rgb-depth' for 'relsnerf', 'none'
+    for 'paper'. relsnerf_ns/model/decoder_guidance.py says why; docs/method.md gives the measured effect."""
     rgb_nerf_full_resolution: bool = False
     """get_outputs_for_camera renders `rgb_nerf` with one ray per pixel (slow, like nerfacto). When False it is the
     colour NeRF composited on the latent rays (1/8 resolution) and upsampled; evaluation always renders it in full."""
@@ -225,6 +225,13 @@ class RelsNerfModelConfig(NerfactoModelConfig):
             return self.latent_loss_mult
         return RECIPES[self.recipe]["latent_loss_mult"]
 
+    def decoder_guidance_kind(self) -> DecoderGuidanceKind:
+        """What guides the decoder after the recipe: the flag when set, else 'rgb-depth' ('relsnerf') or 'none'
+        ('paper')."""
+        if self.decoder_guidance is not None:
+            return self.decoder_guidance
+        return RECIPES[self.recipe]["decoder_guidance"]
+
     def nerf_tenfold_decay_every(self) -> int:
         """The period (paper-length steps) of the tenfold decay of the NeRF's phase-B rate after the recipe: 20000
         ('relsnerf', tenfold over phase B) or the paper's 10000. The trainer gives it to the optimizer groups whose
@@ -232,12 +239,23 @@ class RelsNerfModelConfig(NerfactoModelConfig):
         return int(RECIPES[self.recipe]["nerf_tenfold_decay_every"])
 
 
-RECIPES: Dict[str, Dict[str, float]] = {
-    "relsnerf": {"depth_loss_mult": 0.0, "latent_loss_mult": 1.0, "nerf_tenfold_decay_every": 20000},
-    "paper": {"depth_loss_mult": 0.1, "latent_loss_mult": 0.0, "nerf_tenfold_decay_every": 10000},
+RECIPES: Dict[str, Dict[str, Any]] = {
+    "relsnerf": {
+        "depth_loss_mult": 0.0,
+        "latent_loss_mult": 1.0,
+        "nerf_tenfold_decay_every": 20000,
+        "decoder_guidance": "rgb-depth",
+    },
+    "paper": {
+        "depth_loss_mult": 0.1,
+        "latent_loss_mult": 0.0,
+        "nerf_tenfold_decay_every": 10000,
+        "decoder_guidance": "none",
+    },
 }
-"""Per recipe: the loss weights where the model's flags leave them unset, and the NeRF's phase-B decay period where
-the optimizer groups leave it None (the latter stretches with the phase: 20000 falls tenfold over any phase B)."""
+"""Per recipe: the loss weights and the decoder's guidance where the model's flags leave them unset, and the NeRF's
+phase-B decay period where the optimizer groups leave it None (the latter stretches with the phase: 20000 falls
+tenfold over any phase B)."""
 
 
 class RelsNerfModel(OfflineNerfactoModel):
@@ -279,7 +297,12 @@ class RelsNerfModel(OfflineNerfactoModel):
             )
         self.config.implementation = resolve_implementation(self.config.implementation)
         self.autoencoder = self.config.autoencoder.setup()
-        self.decoder_guidance = DecoderGuidance(self.config.decoder_guidance, self.autoencoder.latent_channels)
+        # Its random initialisation draws from a forked generator: the rest of the model, and every random number of
+        # training, are then those of a run without guidance (same seed), so the two compare like for like.
+        with torch.random.fork_rng(devices=[]):
+            self.decoder_guidance = DecoderGuidance(
+                self.config.decoder_guidance_kind(), self.autoencoder.latent_channels
+            )
         super().populate_modules()  # nerfacto's modules, with our field (make_field) and without LPIPS downloads
         if self.config.implementation == "torch" and self.config.hash_grid_kernel == "fused":
             use_fused_hash_grids(self)
@@ -518,7 +541,7 @@ class RelsNerfModel(OfflineNerfactoModel):
         missing = [key for key in ("rgb_nerf", "depth", "accumulation") if key not in maps]
         if missing:
             raise KeyError(
-                f"the decoder is guided ({self.config.decoder_guidance!r}) but the rendered maps lack {missing}: "
+                f"the decoder is guided ({self.decoder_guidance.kind!r}) but the rendered maps lack {missing}: "
                 "render the latent rays with their colour (render_latents(..., with_colour=True))"
             )
         guidance = self.decoder_guidance.guidance_maps(maps["rgb_nerf"], maps["depth"], maps["accumulation"])
@@ -538,12 +561,13 @@ class RelsNerfModel(OfflineNerfactoModel):
         if inputs.shape[1] != expected:
             raise ValueError(
                 f"the decoder takes {expected} channels ({n} latent + {self.decoder_guidance.channels} guidance, "
-                f"--pipeline.model.decoder-guidance {self.config.decoder_guidance}), got {inputs.shape[1]}: build its "
+                f"--pipeline.model.decoder-guidance {self.decoder_guidance.kind}), got {inputs.shape[1]}: build its "
                 "input with decoder_input_map"
             )
-        latent = inputs[:, :n]
+        # Contiguous slices: the decoder's convolutions then take the same kernels as for a plain latent map.
+        latent = inputs[:, :n].contiguous()
         if self.decoder_guidance.enabled:
-            latent = latent + self.decoder_guidance(inputs[:, n:]).to(latent.dtype)
+            latent = latent + self.decoder_guidance(inputs[:, n:].contiguous()).to(latent.dtype)
         return self.autoencoder.decode(latent)
 
     def _render_latent_bundle_chunked(self, bundle: RayBundle) -> Dict[str, Tensor]:
