@@ -207,3 +207,32 @@ def test_the_recipe_chooses_the_guidance_unless_the_flag_is_set():
     assert config.decoder_guidance_kind() == "none"  # the paper's decoder input, the latent map alone
     config.decoder_guidance = "rgb"
     assert config.decoder_guidance_kind() == "rgb"
+
+
+def test_a_run_trained_without_guidance_resumes_with_it_and_trains_the_adapter(scene, tmp_path, capsys):
+    old = tiny_config("relsnerf-r32", scene, tmp_path / "old", steps=(1, 3, 2))
+    old.pipeline.model.decoder_guidance = "none"
+    old.steps_per_save = 2
+    old.save_only_latest_checkpoint = False
+    first = old.setup(local_rank=0, world_size=1)
+    first.setup()
+    for step in range(3):
+        first.train_iteration(step)
+    first.save_checkpoint(2)
+    saved = torch.load(first.checkpoint_dir / "step-000000002.ckpt", map_location="cpu", weights_only=True)
+    decoder_params = len(saved["optimizers"]["ae_decoder"]["param_groups"][0]["params"])
+
+    resumed_config = tiny_config("relsnerf-r32", scene, tmp_path / "new", steps=(1, 3, 2))
+    resumed_config.load_dir = first.checkpoint_dir
+    resumed = resumed_config.setup(local_rank=0, world_size=1)
+    resumed.setup()
+    assert resumed._start_step == 3
+    assert "trained without decoder guidance" in " ".join(capsys.readouterr().out.split())
+    group = resumed.optimizers.optimizers["ae_decoder"].param_groups[0]["params"]
+    assert len(group) == decoder_params + len(list(resumed.pipeline.model.decoder_guidance.parameters()))
+    last = resumed.pipeline.model.decoder_guidance.adapter[-1].weight
+    assert torch.count_nonzero(last) == 0
+    resumed.pipeline.train()
+    for step in range(3, 6):  # the rest of phase B, then phase C
+        resumed.train_iteration(step)
+    assert torch.count_nonzero(last) > 0  # the adapter trains from its zero start

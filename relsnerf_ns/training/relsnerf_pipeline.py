@@ -129,6 +129,8 @@ class RelsNerfPipeline(VanillaPipeline):
         self.phase: Optional[Phase] = None
         self.distill_renders: Optional[DistillRenders] = None
         self.distill_latents: Optional[Dict[str, List[torch.Tensor]]] = None
+        self.loaded_without_guidance = False
+        """Whether the loaded checkpoint predates decoder guidance (its optimizer state lacks the adapter too)."""
         """Phase C's latent maps of the training and render cameras (the latent field is frozen in phase C)."""
         self._latent_targets_decided = False
         self._latent_target_offsets = 1
@@ -504,6 +506,7 @@ class RelsNerfPipeline(VanillaPipeline):
                 "The checkpoint was trained without decoder guidance; it decodes the latent map alone, as it was "
                 "trained (its guidance adapter stays at zero)."
             )
+            self.loaded_without_guidance = True
             state_dict = dict(state_dict)
             for key in guidance:
                 model_state[key] = own[key]

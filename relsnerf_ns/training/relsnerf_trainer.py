@@ -512,6 +512,8 @@ class RelsNerfTrainer(Trainer):
         step = int(loaded["step"])
         self._start_step = step + 1
         self.pipeline.load_pipeline(loaded["pipeline"], step)
+        if getattr(self.pipeline, "loaded_without_guidance", False):
+            add_untrained_parameters(loaded["optimizers"], "ae_decoder", self.optimizers.optimizers["ae_decoder"])
         self.optimizers.load_optimizers(loaded["optimizers"])
         if "schedulers" in loaded and self.config.load_scheduler:
             self.optimizers.load_schedulers(loaded["schedulers"])
@@ -707,3 +709,20 @@ def use_deterministic_algorithms(config: RelsNerfTrainerConfig) -> None:
     torch.backends.cudnn.benchmark = False  # ns-train turns benchmarking on, which picks kernels by timing
     torch.backends.cudnn.deterministic = True
     CONSOLE.print(f"Deterministic algorithms on (--deterministic True){': ' + '; '.join(notes) if notes else ''}.")
+
+
+def add_untrained_parameters(states: Dict[str, Any], group: str, optimizer: torch.optim.Optimizer) -> None:
+    """Extend a checkpoint's optimizer state of `group` with the parameters that this run's group has beyond it.
+
+    A run resumed from a checkpoint of an older version whose group held fewer parameters (the decoder group before
+    the guidance adapter, which comes last in it): the added ones start without Adam moments, as at their first step.
+    """
+    saved = states.get(group)
+    if saved is None:
+        return
+    saved_ids = saved["param_groups"][0]["params"]
+    wanted = len(optimizer.param_groups[0]["params"])
+    if len(saved["param_groups"]) != 1 or len(saved_ids) >= wanted:
+        return
+    start = max(saved_ids, default=-1) + 1
+    saved["param_groups"][0]["params"] = list(saved_ids) + list(range(start, start + wanted - len(saved_ids)))
