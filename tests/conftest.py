@@ -176,3 +176,13 @@ def reached_groups(model, loss: torch.Tensor) -> set:
         for name, params in model.get_param_groups().items()
         if any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
     }
+
+
+def phase_losses(trainer, steps) -> dict:
+    """Train `steps` (in training mode) and collect, per phase, the names of the losses its steps computed."""
+    trainer.pipeline.train()
+    losses: dict = {}
+    for step in steps:
+        _, loss_dict, _ = trainer.train_iteration(step)
+        losses.setdefault(trainer.pipeline.phase, set()).update(loss_dict)
+    return losses

@@ -18,7 +18,7 @@ from relsnerf_ns.relsnerf_config import relsnerf_r32
 from relsnerf_ns.rendering.latent_rays import latent_ray_bundle
 from relsnerf_ns.training.phases import Phase
 
-from .conftest import TINY_AE, TINY_MODEL, camera, reached_groups, tiny_config
+from .conftest import TINY_AE, TINY_MODEL, camera, phase_losses, reached_groups, tiny_config
 from .test_joint_pass import joint_batch
 
 
@@ -136,15 +136,6 @@ def test_fast_and_plain_inference_paths_decode_with_the_guidance(tmp_path):
     with torch.no_grad():
         guided = model.decode_latent_frame(model.decoder_input_map(low))
     assert (guided - unguided[0]).abs().max() > 1e-4
-
-
-def phase_losses(trainer, steps):
-    trainer.pipeline.train()
-    losses = {}
-    for step in steps:
-        _, loss_dict, _ = trainer.train_iteration(step)
-        losses.setdefault(trainer.pipeline.phase, set()).update(loss_dict)
-    return losses
 
 
 @pytest.mark.parametrize("alignment", ["grid", "any"])

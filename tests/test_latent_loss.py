@@ -23,7 +23,7 @@ from relsnerf_ns.relsnerf_config import relsnerf_r32
 from relsnerf_ns.rendering.latent_rays import latent_ray_bundle
 from relsnerf_ns.training.phases import Phase
 
-from .conftest import camera, tiny_config
+from .conftest import camera, phase_losses, tiny_config
 from .scene_writers import write_llff_scene
 
 
@@ -224,15 +224,6 @@ def test_recipes_set_the_loss_weights_and_flags_override_them():
     assert (config.depth_loss_weight(), config.latent_loss_weight()) == (0.01, 0.5)
 
 
-def phase_b_losses(trainer, steps):
-    trainer.pipeline.train()
-    losses = {}
-    for step in steps:
-        _, loss_dict, _ = trainer.train_iteration(step)
-        losses.setdefault(trainer.pipeline.phase, set()).update(loss_dict)
-    return losses
-
-
 def test_default_recipe_trains_latent_loss_and_no_depth_loss_with_sparse_depth(llff_scene, tmp_path, capsys):
     config = tiny_config("relsnerf-r32", llff_scene, tmp_path, steps=(2, 2, 1))
     config.pipeline.datamanager.dataparser = _llff(llff_scene)
@@ -241,7 +232,7 @@ def test_default_recipe_trains_latent_loss_and_no_depth_loss_with_sparse_depth(l
     printed = " ".join(capsys.readouterr().out.split())
     assert printed.count("DS-NeRF depth loss off") == 1 and "'relsnerf' recipe leaves it off" in printed, printed
     assert trainer.pipeline.datamanager.sparse_depth is None
-    losses = phase_b_losses(trainer, range(4))
+    losses = phase_losses(trainer, range(4))
     assert "latent_loss" in losses[Phase.JOINT] and "depth_loss" not in losses[Phase.JOINT]
     printed = " ".join(capsys.readouterr().out.split())
     assert printed.count("Latent loss L_z on") == 1, printed
@@ -258,7 +249,7 @@ def test_centred_latent_targets_are_built_at_phase_b_and_said(llff_scene, tmp_pa
     config.pipeline.model.latent_target_offsets = 4
     trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()
-    losses = phase_b_losses(trainer, range(4))
+    losses = phase_losses(trainer, range(4))
     assert "latent_loss" in losses[Phase.JOINT]
     printed = " ".join(capsys.readouterr().out.split())
     assert "centred every 2 pixels" in printed, printed
@@ -278,7 +269,7 @@ def test_centred_targets_over_the_memory_budget_use_fewer_offsets_and_say_so(llf
     # A budget between the sizes of P = 2 and P = 4: P = 2 is what fits.
     budget = (target_bytes(sizes, 8, 2) + target_bytes(sizes, 8, 4)) / 2
     trainer.pipeline.relsnerf_model.config.latent_target_max_gib = budget / 2**30
-    phase_b_losses(trainer, range(4))
+    phase_losses(trainer, range(4))
     printed = " ".join(capsys.readouterr().out.split())
     assert printed.count("L_z targets centred every 4 pixels, not every 1") == 1, printed
     assert "--pipeline.model.latent-target-max-gib" in printed
@@ -302,7 +293,7 @@ def test_paper_recipe_trains_depth_loss_and_no_latent_loss(llff_scene, tmp_path,
     trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()
     assert "DS-NeRF depth loss on" in " ".join(capsys.readouterr().out.split())
-    losses = phase_b_losses(trainer, range(4))
+    losses = phase_losses(trainer, range(4))
     assert "depth_loss" in losses[Phase.JOINT] and "latent_loss" not in losses[Phase.JOINT]
     assert trainer.pipeline.model.latent_targets is None
     # The recipe also sets the NeRF's phase-B rate (the paper's period; the registered config's is None).
@@ -315,7 +306,7 @@ def test_latent_loss_is_off_with_one_message_when_the_encoder_never_trained(scen
     config = tiny_config("relsnerf-r32", scene, tmp_path, steps=(0, 3, 0))  # R32 is random; phase A skipped
     trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()
-    losses = phase_b_losses(trainer, range(3))
+    losses = phase_losses(trainer, range(3))
     assert "latent_loss" not in losses[Phase.JOINT]
     printed = " ".join(capsys.readouterr().out.split())
     assert printed.count("Latent loss L_z off: the encoder is neither pretrained nor trained in phase A") == 1
@@ -325,7 +316,7 @@ def test_phase_c_crops_the_latent_maps_that_inference_renders(scene, tmp_path):
     config = tiny_config("relsnerf-r32", scene, tmp_path, steps=(1, 2, 2))
     trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()
-    phase_b_losses(trainer, range(4))
+    phase_losses(trainer, range(4))
     pipeline, model = trainer.pipeline, trainer.pipeline.model
     latents = pipeline.distill_latents
     cameras = pipeline.datamanager.train_cameras
@@ -355,7 +346,7 @@ def test_phase_c_crops_anywhere_render_the_latents_of_their_blocks(scene, tmp_pa
     config.pipeline.distill_crop_alignment = "any"
     trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()
-    losses = phase_b_losses(trainer, range(5))
+    losses = phase_losses(trainer, range(5))
     assert losses[Phase.DISTILL] == {"distill_real_loss", "distill_render_loss"}
     pipeline, model = trainer.pipeline, trainer.pipeline.model
     assert pipeline.distill_latents is None  # no maps cached: each step renders its crops' rays
