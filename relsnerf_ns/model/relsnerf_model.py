@@ -564,10 +564,9 @@ class RelsNerfModel(OfflineNerfactoModel):
                 f"--pipeline.model.decoder-guidance {self.decoder_guidance.kind}), got {inputs.shape[1]}: build its "
                 "input with decoder_input_map"
             )
-        # Contiguous slices: the decoder's convolutions then take the same kernels as for a plain latent map.
-        latent = inputs[:, :n].contiguous()
+        latent = inputs[:, :n]
         if self.decoder_guidance.enabled:
-            latent = latent + self.decoder_guidance(inputs[:, n:].contiguous()).to(latent.dtype)
+            latent = latent + self.decoder_guidance(inputs[:, n:]).to(latent.dtype)
         return self.autoencoder.decode(latent)
 
     def _render_latent_bundle_chunked(self, bundle: RayBundle) -> Dict[str, Tensor]:

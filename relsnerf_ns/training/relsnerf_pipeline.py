@@ -129,9 +129,9 @@ class RelsNerfPipeline(VanillaPipeline):
         self.phase: Optional[Phase] = None
         self.distill_renders: Optional[DistillRenders] = None
         self.distill_latents: Optional[Dict[str, List[torch.Tensor]]] = None
+        """Phase C's decoder input maps of the training and render cameras (the latent field is frozen in phase C)."""
         self.loaded_without_guidance = False
         """Whether the loaded checkpoint predates decoder guidance (its optimizer state lacks the adapter too)."""
-        """Phase C's latent maps of the training and render cameras (the latent field is frozen in phase C)."""
         self._latent_targets_decided = False
         self._latent_target_offsets = 1
         """The centred offsets of L_z's targets in use (the configured number, or fewer to fit the memory budget)."""
