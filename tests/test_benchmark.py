@@ -143,6 +143,10 @@ def check_report(output: Path, paths: Dict[str, Path]) -> Dict:
         assert str(Path.home()) not in text and "/tmp/" not in text and str(output) not in text, record.name
     settings = json.loads((output / "results" / "relsnerf-tiny.fit.json").read_text())["settings"]
     assert "/" not in settings["data"] and "/" not in settings["weights"]
+    # What the recipe chose is part of the settings: a run cached with other defaults is not taken for this one.
+    assert settings["recipe"] == "relsnerf" and settings["decoder_guidance"] == "rgb-depth"
+    assert settings["depth_loss_mult"] == 0.0 and settings["latent_loss_mult"] == 1.0
+    assert "decoder_guidance" not in json.loads((output / "results" / "nerfacto.fit.json").read_text())["settings"]
     return report
 
 

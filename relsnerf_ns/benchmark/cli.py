@@ -65,6 +65,7 @@ from relsnerf_ns.benchmark.models import (
     check_weights,
     load_trained,
     make_dataparser,
+    model_choices,
     spec,
 )
 from relsnerf_ns.benchmark.report import (
@@ -311,7 +312,7 @@ def _train(
     if config is None:
         config = prepare_config(options, layout, model, device, config_transform)
     CONSOLE.rule(f"[bold]Training {name}")
-    settings = options.settings(model)
+    settings = {**options.settings(model), **model_choices(config)}
     record = train_model(
         model,
         config,

@@ -209,6 +209,21 @@ class ModelBuild:
     steps_per_save: int = 1000
 
 
+def model_choices(config: TrainerConfig) -> Dict[str, object]:
+    """What a ReLS-NeRF config trains with after its recipe (losses, decoder input): part of a run's recorded
+    settings, so that a run cached with other defaults is trained again. Empty for nerfacto."""
+    model = config.pipeline.model
+    if not hasattr(model, "decoder_guidance_kind"):
+        return {}
+    return {
+        "recipe": model.recipe,
+        "depth_loss_mult": model.depth_loss_weight(),
+        "latent_loss_mult": model.latent_loss_weight(),
+        "latent_target_offsets": model.latent_target_offsets,
+        "decoder_guidance": model.decoder_guidance_kind(),
+    }
+
+
 def build_config(model: ModelSpec, build: ModelBuild) -> TrainerConfig:
     """The nerfstudio trainer config of one model (a deep copy of its method config, changed for the benchmark)."""
     if model.kind == "nerfacto":
