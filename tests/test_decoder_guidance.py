@@ -1,8 +1,10 @@
-"""Decoder guidance: the colour NeRF's colour, depth and accumulation of the latent rays as extra decoder inputs.
+"""Decoder guidance: the colour NeRF's colour, depth and accumulation of the latent rays (and, for surface guidance,
+the colour field at 4x4 points of each block's surface) as extra decoder inputs.
 
-What is checked: the channels of a decoder input map, that an untrained adapter decodes exactly as the plain decoder,
-which parameters L_p reaches with guidance (the adapter and the decoder, never the colour NeRF), phase C and the
-inference paths carrying the guidance channels, errors, and loading a checkpoint trained without guidance."""
+What is checked: the channels of a decoder input map, where the surface points lie, that an untrained adapter decodes
+exactly as the plain decoder, which parameters L_p reaches with guidance (the adapter and the decoder, never the
+colour NeRF), phase C and the inference paths carrying the guidance channels, errors, and loading a checkpoint
+trained without guidance."""
 
 from __future__ import annotations
 
@@ -11,11 +13,18 @@ import math
 
 import pytest
 import torch
+from nerfstudio.cameras.rays import Frustums, RaySamples
 from nerfstudio.data.scene_box import SceneBox
+from nerfstudio.field_components.field_heads import FieldHeadNames
 
 from relsnerf_ns.model.decoder_guidance import MIN_DEPTH, DecoderGuidance
 from relsnerf_ns.relsnerf_config import relsnerf_r32
-from relsnerf_ns.rendering.latent_rays import latent_ray_bundle
+from relsnerf_ns.rendering.latent_rays import (
+    block_centre_coords,
+    block_offsets,
+    block_surface_points,
+    latent_ray_bundle,
+)
 from relsnerf_ns.training.phases import Phase
 
 from .conftest import TINY_AE, TINY_MODEL, camera, phase_losses, reached_groups, tiny_config
@@ -42,7 +51,36 @@ def rendered_maps(model, rows: int = 3, cols: int = 4):
     return {key: value.view(rows, cols, -1) for key, value in maps.items()}
 
 
-@pytest.mark.parametrize("kind, channels", [("none", 0), ("rgb", 3), ("rgb-depth", 5)])
+SURFACE = "rgb-depth-surface"
+GUIDED_KINDS = ["rgb-depth", SURFACE]
+
+
+def sub_block_rays(cam, top: int, left: int, rows: int, cols: int):
+    """Rays of nerfstudio's own through the centres of the 2x2-pixel sub-blocks of each 8x8 block: [rays, 16]."""
+    coords = block_centre_coords(top, left, rows, cols).reshape(-1, 1, 2) + block_offsets(4)[None, :, [1, 0]]
+    indices = torch.zeros(*coords.shape[:2], 1, dtype=torch.long)
+    return cam.generate_rays(camera_indices=indices, coords=coords)
+
+
+def test_surface_points_lie_on_the_sub_block_rays_at_the_block_points_distance_from_the_camera():
+    cam = camera()
+    rows, cols = 3, 4
+    rays = latent_ray_bundle(cam, 0, 8, 16, rows, cols).flatten()
+    depth = 1.0 + 2.0 * torch.rand(len(rays), 1)
+    points = block_surface_points(
+        rays.origins, rays.directions, rays.metadata["directions_norm"], rays.metadata["pixel_axes"], depth, 4
+    )
+    assert points.shape == (rows * cols, 16, 3)
+    forward = -cam.camera_to_worlds[0, :, 2]
+    axis_distance = (depth * rays.directions) @ forward  # the block point's distance along the optical axis
+    reference = sub_block_rays(cam, 8, 16, rows, cols)
+    along = axis_distance[:, None, None] / (reference.directions @ forward)[..., None]
+    torch.testing.assert_close(points, reference.origins + along * reference.directions, atol=1e-5, rtol=1e-5)
+    # The centre of the block's 16 points is the block's own point.
+    torch.testing.assert_close(points.mean(dim=1), rays.origins + depth * rays.directions, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind, channels", [("none", 0), ("rgb", 3), ("rgb-depth", 5), (SURFACE, 5 + 64)])
 def test_decoder_input_map_appends_the_guidance_channels(kind, channels):
     model = guided_model(kind)
     model.eval()
@@ -52,10 +90,37 @@ def test_decoder_input_map_appends_the_guidance_channels(kind, channels):
     torch.testing.assert_close(inputs[..., :8], maps["latent"])
     if channels:
         torch.testing.assert_close(inputs[..., 8:11], maps["rgb_nerf"])
-    if channels == 5:
+    if channels >= 5:
         expected_depth = torch.log(maps["depth"].clamp_min(MIN_DEPTH))
         torch.testing.assert_close(inputs[..., 11:12], expected_depth)
         torch.testing.assert_close(inputs[..., 12:13], maps["accumulation"])
+    if kind == SURFACE:
+        # Per point, colour and log(1 + density) of the colour field where the sub-block's own ray meets the plane of
+        # the block's surface point: computed here from nerfstudio's rays, independently of block_surface_points.
+        cam = camera()
+        rays = latent_ray_bundle(cam, 0, 8, 16, 3, 4).flatten()
+        reference = sub_block_rays(cam, 8, 16, 3, 4)
+        forward = -cam.camera_to_worlds[0, :, 2]
+        axis_distance = (maps["depth"].reshape(-1, 1) * rays.directions) @ forward
+        points = reference.origins + (axis_distance[:, None, None] / (reference.directions @ forward)[..., None]) * (
+            reference.directions
+        )
+        zero = torch.zeros_like(points[..., :1])
+        samples = RaySamples(
+            frustums=Frustums(
+                origins=points,
+                directions=rays.directions[:, None].expand(-1, 16, -1),
+                starts=zero,
+                ends=zero,
+                pixel_area=torch.ones_like(zero),
+            ),
+            camera_indices=torch.zeros_like(zero, dtype=torch.long),
+        )
+        with torch.no_grad():
+            field = model.field.forward(samples)
+        expected = torch.cat([field[FieldHeadNames.RGB], torch.log1p(field[FieldHeadNames.DENSITY])], dim=-1)
+        torch.testing.assert_close(inputs[..., 13:], expected.reshape(3, 4, 64), atol=1e-4, rtol=1e-4)
+        assert expected[..., 3].abs().sum() > 0 and expected[..., :3].std() > 0  # densities and colours, not constants
     assert len(list(model.decoder_guidance.parameters())) == (6 if channels else 0)
 
 
@@ -76,8 +141,9 @@ def test_an_untrained_adapter_decodes_exactly_as_the_plain_decoder():
     )
 
 
-def test_patch_loss_with_guidance_reaches_the_latent_field_decoder_and_adapter_only():
-    model = guided_model("rgb-depth")
+@pytest.mark.parametrize("kind", GUIDED_KINDS)
+def test_patch_loss_with_guidance_reaches_the_latent_field_decoder_and_adapter_only(kind):
+    model = guided_model(kind)
     model.train()
     _, losses, _ = model.train_step(joint_batch(with_depth=False))
     assert reached_groups(model, losses["patch_loss"]) == {"latent_field", "ae_decoder"}
@@ -89,8 +155,9 @@ def test_patch_loss_with_guidance_reaches_the_latent_field_decoder_and_adapter_o
     assert adapter_params <= {id(p) for p in model.get_param_groups()["ae_decoder"]}
 
 
-def test_one_pass_and_separate_passes_give_the_same_guided_patch_loss():
-    model = guided_model("rgb-depth")
+@pytest.mark.parametrize("kind", GUIDED_KINDS)
+def test_one_pass_and_separate_passes_give_the_same_guided_patch_loss(kind):
+    model = guided_model(kind)
     # A trained-looking adapter: non-zero last layer, so the guidance changes the decoded patch.
     torch.nn.init.normal_(model.decoder_guidance.adapter[-1].weight, std=0.1)
     for module in model.modules():
@@ -115,10 +182,22 @@ def test_decoding_a_map_without_its_guidance_channels_says_how_to_build_it():
         model.decoder_input_map({"latent": maps["latent"]})
     with pytest.raises(ValueError, match="--pipeline.model.decoder-guidance must be one of none, rgb, rgb-depth"):
         DecoderGuidance("colour", 8)  # type: ignore[arg-type]
+    surface = guided_model(SURFACE)
+    maps = rendered_maps(surface)
+    without_surface = {key: value for key, value in maps.items() if key != "surface"}
+    with pytest.raises(KeyError, match="lack 'surface'.*latent_ray_bundle"):
+        surface.decoder_input_map(without_surface)
+    rays = latent_ray_bundle(camera(), 0, 8, 16, 3, 4).flatten()
+    rays.metadata.pop("pixel_axes")
+    with pytest.raises(
+        KeyError, match=r"latent rays made by latent_ray_bundle \(their metadata lacks \['pixel_axes'\]\)"
+    ):
+        surface.render_latents(rays, with_colour=True)
 
 
-def test_fast_and_plain_inference_paths_decode_with_the_guidance(tmp_path):
-    model = guided_model("rgb-depth")
+@pytest.mark.parametrize("kind", GUIDED_KINDS)
+def test_fast_and_plain_inference_paths_decode_with_the_guidance(tmp_path, kind):
+    model = guided_model(kind)
     torch.nn.init.normal_(model.decoder_guidance.adapter[-1].weight, std=0.1)
     model.eval()
     cam = camera(width=60, height=44)  # not multiples of 8: padded, decoded, cropped
@@ -130,18 +209,21 @@ def test_fast_and_plain_inference_paths_decode_with_the_guidance(tmp_path):
     torch.testing.assert_close(fast["rgb"], plain["rgb"], atol=1e-5, rtol=1e-5)
     # The guidance moved the image: without the adapter's offset the decoded frame differs.
     low = model.render_latent_frame(cam)
+    if kind == SURFACE:
+        assert low["surface"].shape == (*low["latent"].shape[:2], 64)
+    guidance_channels = model.decoder_guidance.channels
     unguided = model.decode_channels_first(
-        torch.cat([low["latent"], torch.zeros(*low["latent"].shape[:2], 5)], -1).permute(2, 0, 1)[None]
+        torch.cat([low["latent"], torch.zeros(*low["latent"].shape[:2], guidance_channels)], -1).permute(2, 0, 1)[None]
     )
     with torch.no_grad():
         guided = model.decode_latent_frame(model.decoder_input_map(low))
     assert (guided - unguided[0]).abs().max() > 1e-4
 
 
-@pytest.mark.parametrize("alignment", ["grid", "any"])
-def test_phase_c_trains_the_guided_decoder_on_guided_crops(scene, tmp_path, alignment):
+@pytest.mark.parametrize("alignment, kind", [("grid", "rgb-depth"), ("any", "rgb-depth"), ("grid", SURFACE)])
+def test_phase_c_trains_the_guided_decoder_on_guided_crops(scene, tmp_path, alignment, kind):
     config = tiny_config("relsnerf-r32", scene, tmp_path, steps=(1, 2, 2))
-    config.pipeline.model.decoder_guidance = "rgb-depth"
+    config.pipeline.model.decoder_guidance = kind
     config.pipeline.distill_crop_alignment = alignment
     trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()
@@ -156,7 +238,8 @@ def test_phase_c_trains_the_guided_decoder_on_guided_crops(scene, tmp_path, alig
     assert not torch.equal(last.detach(), after_b)  # and so did phase C
     if alignment == "grid":
         maps = pipeline.distill_latents
-        assert maps["train"][0].shape == (6, 8, 8 + 5)  # 48x64 images: 8 latent + 5 guidance channels
+        # 48x64 images: 8 latent + 5 guidance channels (+ 64 of the surface points)
+        assert maps["train"][0].shape == (6, 8, 8 + model.decoder_guidance.channels)
         model.eval()
         model.proposal_sampler.set_anneal(1.0)  # as the maps were made (inference sampling)
         low = model.render_latent_frame(pipeline.datamanager.train_cameras[1:2])

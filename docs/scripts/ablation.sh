@@ -202,6 +202,19 @@ r32_guided() { train r32_guided relsnerf-r32 $GUIDED; }
 # shellcheck disable=SC2086
 r32_unguided() { train r32_unguided relsnerf-r32 $UNGUIDED; }
 
+# Surface guidance: the same maps plus the colour field's colour and density at 4x4 points of each block, on the
+# surface its latent ray hits (--pipeline.model.decoder-guidance rgb-depth-surface).
+SURFACE="--pipeline.model.decoder-guidance rgb-depth-surface"
+# shellcheck disable=SC2086
+tinyB_surface() { tiny_b tinyB_surface $SURFACE; }
+# shellcheck disable=SC2046,SC2086
+tiny_surface_c_short() {
+    tinyB_surface
+    train tiny_surface_c_short relsnerf-tiny $TINY_WEIGHTS $SURFACE $(from_b tinyB_surface relsnerf-tiny)
+}
+# shellcheck disable=SC2086
+r32_surface() { train r32_surface relsnerf-r32 $SURFACE; }
+
 VARIANTS=("$@")
 [ ${#VARIANTS[@]} -eq 0 ] && VARIANTS=(tiny_c_short tinyB_paper_nerf_rate tinyB_phase_targets tiny_phase_targets_c_short
     tinyB_view_free_latents tiny_c_decoder_rate tiny_c_anywhere tiny_c_anywhere_long tinyB_frozen_decoder
@@ -209,7 +222,8 @@ VARIANTS=("$@")
     tinyB_encoder_adaptation tiny_encoder_adaptation_c_anywhere tinyB_encoder_adaptation_strong tiny_c_paper r32_c_short
     r32_c_large_crops tiny_four_patches tiny_lz_tenth r32_c_paper tiny_paper_recipe tinyB_centred_targets
     tiny_centred_targets_c_anywhere tiny_centred_targets_c_paper tinyB_compiled tinyB_interpolated_targets tinyB_paper_b
-    tinyB_guided tiny_guided_c_short tinyB_unguided tiny_unguided_c_short r32_guided r32_unguided)
+    tinyB_guided tiny_guided_c_short tinyB_unguided tiny_unguided_c_short r32_guided r32_unguided tinyB_surface
+    tiny_surface_c_short r32_surface)
 for variant in "${VARIANTS[@]}"; do "$variant"; done
 
 python3 - "$OUT" <<'EOF'

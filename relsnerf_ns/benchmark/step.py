@@ -27,6 +27,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from relsnerf_ns.benchmark.cli import _Training, resolve_device
 from relsnerf_ns.benchmark.models import ModelName, spec
 from relsnerf_ns.evaluation.render_timing import synchronize
+from relsnerf_ns.model.decoder_guidance import DecoderGuidanceKind
 
 
 @dataclass(kw_only=True)
@@ -48,7 +49,7 @@ class StepBenchmark(_Training):
     compile_training: bool = False
     """Compile the fields' sample evaluations for training (the model's --pipeline.model.compile-training); they
     compile in the warm-up steps."""
-    decoder_guidance: Optional[Literal["none", "rgb", "rgb-depth"]] = None
+    decoder_guidance: Optional[DecoderGuidanceKind] = None
     """The model's --pipeline.model.decoder-guidance (None: the method's default)."""
 
 

@@ -9,6 +9,13 @@ before decoding: D(z + A(g)). The adapter's last layer starts at zero (ControlNe
 untrained adapter leaves the decoder exactly as phase A (or the pretrained weights) left it, and it is trained with
 the decoder in phases B and C. Nothing of it reaches the NeRF: the guidance maps are detached.
 
+`rgb-depth-surface` adds what one ray per block cannot give: the colour NeRF at SURFACE_POINTS_PER_SIDE^2 points
+of each block, under the centres of its sub-blocks on the plane through the surface that the block's ray hits (its
+median depth; `latent_rays.block_surface_points`). Each point is one evaluation of the colour field, no proposal
+sampling or compositing, so a 4 x 4 grid costs about a third of the field evaluations of the latent rays themselves
+(48 samples each). Where the block straddles an occlusion edge, some points lie in front of or behind the surface
+they show; their density (log(1 + sigma)) tells the adapter where the surface is.
+
 In code, a "decoder input map" is the latent map with the guidance channels appended, channels last:
 [..., rows, cols, n + G]. Everything that carries latent maps to the decoder (phase B's patches, phase C's cached
 maps and crops, the inference paths) carries decoder input maps instead, so that crops of both stay aligned.
@@ -16,20 +23,32 @@ maps and crops, the inference paths) carries decoder input maps instead, so that
 
 from __future__ import annotations
 
-from typing import Dict, Literal, Tuple
+from typing import Dict, Literal, Optional, Tuple
 
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-DecoderGuidanceKind = Literal["none", "rgb", "rgb-depth"]
+DecoderGuidanceKind = Literal["none", "rgb", "rgb-depth", "rgb-depth-surface"]
+
+SURFACE_POINTS_PER_SIDE = 4
+"""Surface guidance evaluates the colour field at this many points per side of each 8x8 block (2x2-pixel spacing)."""
+
+SURFACE_CHANNELS_PER_POINT = 4
+"""Colour (3) and log(1 + density) of each surface point."""
 
 GUIDANCE_CHANNELS: Dict[str, Tuple[str, ...]] = {
     "none": (),
-    "rgb": ("rgb", "rgb", "rgb"),
-    "rgb-depth": ("rgb", "rgb", "rgb", "log_depth", "accumulation"),
+    "rgb": ("rgb",) * 3,
+    "rgb-depth": ("rgb",) * 3 + ("log_depth", "accumulation"),
+    "rgb-depth-surface": ("rgb",) * 3
+    + ("log_depth", "accumulation")
+    + ("surface",) * (SURFACE_CHANNELS_PER_POINT * SURFACE_POINTS_PER_SIDE**2),
 }
 """Which rendered quantity each guidance channel holds, per kind."""
+
+HIDDEN_CHANNELS: Dict[str, int] = {"rgb": 64, "rgb-depth": 64, "rgb-depth-surface": 128}
+"""The adapter's hidden width per kind: wider where it reads a block's 16 surface points (69 channels)."""
 
 MIN_DEPTH = 1e-3
 """Depths are clamped to this before their logarithm (a ray that hits nothing can render a depth of 0)."""
@@ -41,10 +60,10 @@ class DecoderGuidance(nn.Module):
     Args:
         kind: which rendered maps guide the decoder ("none" builds no layers and adds nothing).
         latent_channels: n, the autoencoder's latent channels.
-        hidden_channels: width of the adapter's hidden layer.
+        hidden_channels: width of the adapter's hidden layers (HIDDEN_CHANNELS[kind] when not given).
     """
 
-    def __init__(self, kind: DecoderGuidanceKind, latent_channels: int, hidden_channels: int = 64) -> None:
+    def __init__(self, kind: DecoderGuidanceKind, latent_channels: int, hidden_channels: Optional[int] = None) -> None:
         super().__init__()
         if kind not in GUIDANCE_CHANNELS:
             raise ValueError(
@@ -55,6 +74,7 @@ class DecoderGuidance(nn.Module):
         self.latent_channels = latent_channels
         self.adapter = None
         if self.channels:
+            hidden_channels = hidden_channels or HIDDEN_CHANNELS[kind]
             last = nn.Conv2d(hidden_channels, latent_channels, 3, padding=1)
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
@@ -70,23 +90,40 @@ class DecoderGuidance(nn.Module):
     def enabled(self) -> bool:
         return self.adapter is not None
 
+    @property
+    def needs_surface(self) -> bool:
+        """Whether the guidance reads the colour field at points of each block's surface (`surface_guidance`)."""
+        return "surface" in GUIDANCE_CHANNELS[self.kind]
+
     def guidance_maps(
         self,
         rgb: Float[Tensor, "*batch 3"],
         depth: Float[Tensor, "*batch 1"],
         accumulation: Float[Tensor, "*batch 1"],
+        surface: Optional[Float[Tensor, "*batch S"]] = None,
     ) -> Float[Tensor, "*batch G"]:
-        """The guidance channels of rendered colour, depth and accumulation (channels last, detached)."""
+        """The guidance channels of rendered colour, depth, accumulation and, for surface guidance, the surface
+        points' channels (`surface_guidance`), channels last, detached."""
         parts = {
             "rgb": rgb.detach(),
             "log_depth": torch.log(depth.detach().float().clamp_min(MIN_DEPTH)),
             "accumulation": accumulation.detach(),
         }
+        if self.needs_surface:
+            if surface is None:
+                raise ValueError(f"decoder guidance {self.kind!r} needs the surface points' colours and densities")
+            parts["surface"] = surface.detach()
         names = GUIDANCE_CHANNELS[self.kind]
         used = [parts[name] for name in dict.fromkeys(names)]  # each quantity once, in channel order
         if not used:
             return rgb.new_zeros(*rgb.shape[:-1], 0)
         return torch.cat([part.to(rgb.dtype) for part in used], dim=-1)
+
+    def surface_guidance(
+        self, rgb: Float[Tensor, "rays k 3"], density: Float[Tensor, "rays k 1"]
+    ) -> Float[Tensor, "rays S"]:
+        """The surface channels of each ray: colour and log(1 + density) of its k points, point by point."""
+        return torch.cat([rgb.float(), torch.log1p(density.float().clamp_min(0.0))], dim=-1).flatten(-2)
 
     def forward(self, guidance: Float[Tensor, "batch G h w"]) -> Float[Tensor, "batch n h w"]:
         if self.adapter is None:
@@ -94,4 +131,4 @@ class DecoderGuidance(nn.Module):
         return self.adapter(guidance)
 
 
-__all__ = ["GUIDANCE_CHANNELS", "DecoderGuidance", "DecoderGuidanceKind"]
+__all__ = ["GUIDANCE_CHANNELS", "SURFACE_POINTS_PER_SIDE", "DecoderGuidance", "DecoderGuidanceKind"]

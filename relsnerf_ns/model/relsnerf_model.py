@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from nerfstudio.cameras.camera_optimizers import CameraOptimizerConfig
 from nerfstudio.cameras.cameras import Cameras
-from nerfstudio.cameras.rays import RayBundle, RaySamples
+from nerfstudio.cameras.rays import Frustums, RayBundle, RaySamples
 from nerfstudio.data.scene_box import OrientedBox
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.models.nerfacto import NerfactoModelConfig
@@ -24,7 +24,7 @@ from torch.profiler import record_function
 from relsnerf_ns.autoencoders import AutoencoderConfig, LatentAutoencoder, R32AutoencoderConfig
 from relsnerf_ns.evaluation.image_metrics import image_metrics, psnr_from_mse
 from relsnerf_ns.model.compiled_fields import compile_sample_evaluations
-from relsnerf_ns.model.decoder_guidance import DecoderGuidance, DecoderGuidanceKind
+from relsnerf_ns.model.decoder_guidance import SURFACE_POINTS_PER_SIDE, DecoderGuidance, DecoderGuidanceKind
 from relsnerf_ns.model.latent_targets import CENTRED_OFFSETS, LatentTargets
 from relsnerf_ns.model.offline_nerfacto import OfflineNerfactoModel
 from relsnerf_ns.model.relsnerf_field import RelsNerfField, resolve_implementation
@@ -38,7 +38,7 @@ from relsnerf_ns.model.viewer_controls import (
 )
 from relsnerf_ns.rendering.fast_render import LatentFrameRenderer
 from relsnerf_ns.rendering.hash_grid_kernel import use_fused_hash_grids
-from relsnerf_ns.rendering.latent_rays import latent_ray_bundle
+from relsnerf_ns.rendering.latent_rays import block_surface_points, latent_ray_bundle
 from relsnerf_ns.rendering.out_of_memory import ShrinkingSize, decode_frame, free_cached_memory, render_in_chunks
 
 __all__ = ["RENDER_DECODED", "RENDER_RGB_NERF", "RelsNerfModel", "RelsNerfModelConfig"]
@@ -181,7 +181,8 @@ class RelsNerfModelConfig(NerfactoModelConfig):
     decoder_guidance: Optional[DecoderGuidanceKind] = None
     """Beyond the paper: what the decoder sees besides the latent map. 'none': the latent map alone, D(z), as in the
     paper. 'rgb': also the colour NeRF's colour on the latent rays; 'rgb-depth': also their log depth and
-    accumulation. The maps come from the samples that render the latents (no extra rays), pass through a small
+    accumulation; 'rgb-depth-surface': also the colour field's colour and density at 4x4 points of each 8x8 block, on
+    the surface its latent ray hits (one field evaluation per point). The maps pass through a small
     convolutional adapter whose output, zero until trained, is added to the latent map (D(z + A(g))), and are
     detached (L_p still never reaches the colour NeRF). None takes the recipe's: 'rgb-depth' for 'relsnerf', 'none'
     for 'paper'. relsnerf_ns/model/decoder_guidance.py says why; docs/method.md gives the measured effect."""
@@ -461,6 +462,9 @@ class RelsNerfModel(OfflineNerfactoModel):
             patch_maps["rgb_nerf"] = joint["rgb"][n_colour:with_latent]
             patch_maps["depth"] = joint["depth"][n_colour:with_latent]
             patch_maps["accumulation"] = joint["accumulation"][n_colour:with_latent]
+            if self.decoder_guidance.needs_surface:
+                # The patch rays' own bundle: the joint one keeps the colour rays' metadata, without pixel axes.
+                patch_maps["surface"] = self.surface_guidance(cat_dataclasses(patch_rays), patch_maps["depth"])
         return outputs, patch_maps, depth_outputs
 
     def _render_joint_rays_separately(
@@ -529,7 +533,50 @@ class RelsNerfModel(OfflineNerfactoModel):
             outputs["rgb_nerf"] = self.renderer_rgb(rgb=field_outputs[FieldHeadNames.RGB], weights=weights)
             outputs["depth"] = self.renderer_depth(weights=weights, ray_samples=ray_samples)
             outputs["accumulation"] = self.renderer_accumulation(weights=weights)
+            if self.decoder_guidance.needs_surface:
+                outputs["surface"] = self.surface_guidance(ray_bundle, outputs["depth"])
         return outputs
+
+    @torch.no_grad()
+    def surface_guidance(self, latent_rays: RayBundle, depth: Float[Tensor, "rays 1"]) -> Float[Tensor, "rays S"]:
+        """The colour field's colour and density at 4x4 points of each latent ray's block, on the plane through the
+        point at `depth` (the median depth: on a surface, also at occlusion edges) along the ray, seen from the ray's
+        direction. The rays need the pixel axes that `latent_ray_bundle` gives them."""
+        metadata = latent_rays.metadata or {}
+        missing = [key for key in ("directions_norm", "pixel_axes") if key not in metadata]
+        if missing:
+            raise KeyError(
+                f"surface guidance needs latent rays made by latent_ray_bundle (their metadata lacks {missing})"
+            )
+        points = block_surface_points(
+            latent_rays.origins,
+            latent_rays.directions,
+            metadata["directions_norm"],
+            metadata["pixel_axes"],
+            depth.to(latent_rays.origins),
+            SURFACE_POINTS_PER_SIDE,
+            LATENT_DOWNSCALE,
+        )
+        per_ray = points.shape[1]
+
+        def each_point(values: Tensor) -> Tensor:
+            return values[:, None, :].expand(-1, per_ray, -1)
+
+        at_point = torch.zeros_like(points[..., :1])
+        samples = RaySamples(
+            frustums=Frustums(
+                origins=points,
+                directions=each_point(latent_rays.directions),
+                starts=at_point,  # get_positions() is origins + directions * (starts + ends) / 2: the point itself
+                ends=at_point,
+                pixel_area=each_point(latent_rays.pixel_area),
+            ),
+            camera_indices=each_point(latent_rays.camera_indices),
+        )
+        field_outputs = self.field.forward(samples)
+        return self.decoder_guidance.surface_guidance(
+            field_outputs[FieldHeadNames.RGB], field_outputs[FieldHeadNames.DENSITY]
+        )
 
     def decoder_input_map(self, maps: Dict[str, Tensor]) -> Float[Tensor, "*batch rows cols c"]:
         """What the decoder decodes, channels last: the latent map, with the guidance channels appended when the
@@ -544,7 +591,14 @@ class RelsNerfModel(OfflineNerfactoModel):
                 f"the decoder is guided ({self.decoder_guidance.kind!r}) but the rendered maps lack {missing}: "
                 "render the latent rays with their colour (render_latents(..., with_colour=True))"
             )
-        guidance = self.decoder_guidance.guidance_maps(maps["rgb_nerf"], maps["depth"], maps["accumulation"])
+        if self.decoder_guidance.needs_surface and "surface" not in maps:
+            raise KeyError(
+                f"the decoder is guided ({self.decoder_guidance.kind!r}) but the rendered maps lack 'surface': render "
+                "latent rays made by latent_ray_bundle with their colour (render_latents(..., with_colour=True))"
+            )
+        guidance = self.decoder_guidance.guidance_maps(
+            maps["rgb_nerf"], maps["depth"], maps["accumulation"], maps.get("surface")
+        )
         return torch.cat([latent, guidance.to(latent.dtype)], dim=-1)
 
     def decode_latent_map(self, inputs: Float[Tensor, "*batch rows cols c"]) -> Float[Tensor, "*batch 3 H W"]:

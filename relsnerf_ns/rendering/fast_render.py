@@ -57,16 +57,13 @@ class LatentRenderingModel(Protocol):
     def modules(self) -> Iterator[torch.nn.Module]: ...
 
 
-LOW_RES_KEYS = ("latent", "rgb_nerf", "depth", "accumulation")
-RAY_KEYS = ("origins", "directions", "pixel_area", "camera_indices", "nears", "fars", "directions_norm")
-
-
 @dataclass
 class LatentFrame:
     """One frame of the decoded path: the 1/8-resolution maps and the decoded image (padded to whole blocks)."""
 
     low: Dict[str, Float[Tensor, "rows cols c"]]
-    """latent, rgb_nerf, depth, accumulation at one ray per 8x8 block."""
+    """latent, rgb_nerf, depth, accumulation at one ray per 8x8 block (and the surface channels of surface
+    guidance)."""
     decoded: Float[Tensor, "3 H8 W8"]
     """D(latent map) in [0, 1], 8 * rows by 8 * cols."""
 
@@ -136,10 +133,13 @@ class LatentFrameRenderer:
             camera_indices=rays["camera_indices"].reshape(-1, 1),
             nears=rays["nears"].reshape(-1, 1),
             fars=rays["fars"].reshape(-1, 1),
-            metadata={"directions_norm": rays["directions_norm"].reshape(-1, 1)},
+            metadata={
+                "directions_norm": rays["directions_norm"].reshape(-1, 1),
+                "pixel_axes": rays["pixel_axes"].reshape(-1, 6),
+            },
         )
         low = self.model.render_latents(bundle, with_colour=True)
-        outputs = {key: low[key].reshape(rows, cols, -1) for key in LOW_RES_KEYS}
+        outputs = {key: value.reshape(rows, cols, -1) for key, value in low.items()}
         outputs["decoded"] = self.decode(self.model.decoder_input_map(outputs))
         return outputs
 
@@ -152,7 +152,8 @@ class LatentFrameRenderer:
             outputs = self._replay(rays)
         else:
             outputs = self._frame(rays)
-        return LatentFrame(low={key: outputs[key] for key in LOW_RES_KEYS}, decoded=outputs["decoded"])
+        low = {key: value for key, value in outputs.items() if key != "decoded"}
+        return LatentFrame(low=low, decoded=outputs["decoded"])
 
     def _use_graphs(self, rays: Dict[str, Tensor]) -> bool:
         model = self.model
@@ -285,7 +286,8 @@ def _move_plain_tensors(model: torch.nn.Module, device: torch.device) -> None:
 
 
 def _bundle_tensors(bundle: RayBundle) -> Dict[str, Tensor]:
-    norm = (bundle.metadata or {}).get("directions_norm")
+    metadata = bundle.metadata or {}
+    norm = metadata.get("directions_norm")
     if norm is None:
         norm = torch.ones_like(bundle.origins[..., :1])
     return {
@@ -296,4 +298,5 @@ def _bundle_tensors(bundle: RayBundle) -> Dict[str, Tensor]:
         "nears": bundle.nears,
         "fars": bundle.fars,
         "directions_norm": norm,
+        "pixel_axes": metadata["pixel_axes"],  # latent_ray_bundle's: where surface guidance puts its points
     }
