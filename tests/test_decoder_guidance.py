@@ -17,7 +17,7 @@ from nerfstudio.cameras.rays import Frustums, RaySamples
 from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.field_components.field_heads import FieldHeadNames
 
-from relsnerf_ns.model.decoder_guidance import MIN_DEPTH, DecoderGuidance
+from relsnerf_ns.model.decoder_guidance import MIN_DEPTH, DecoderGuidance, surface_image
 from relsnerf_ns.relsnerf_config import relsnerf_r32
 from relsnerf_ns.rendering.latent_rays import (
     block_centre_coords,
@@ -121,11 +121,31 @@ def test_decoder_input_map_appends_the_guidance_channels(kind, channels):
         expected = torch.cat([field[FieldHeadNames.RGB], torch.log1p(field[FieldHeadNames.DENSITY])], dim=-1)
         torch.testing.assert_close(inputs[..., 13:], expected.reshape(3, 4, 64), atol=1e-4, rtol=1e-4)
         assert expected[..., 3].abs().sum() > 0 and expected[..., :3].std() > 0  # densities and colours, not constants
-    assert len(list(model.decoder_guidance.parameters())) == (6 if channels else 0)
+    # Three convolutions of the adapter (weight, bias); surface guidance adds the refiner's two.
+    assert len(list(model.decoder_guidance.parameters())) == {0: 0, 3: 6, 5: 6, 69: 10}[channels]
 
 
-def test_an_untrained_adapter_decodes_exactly_as_the_plain_decoder():
-    guided, plain = guided_model("rgb-depth"), guided_model("none")
+def test_the_surface_image_puts_each_point_under_its_sub_block():
+    rows, cols, k = 2, 3, 4
+    # Channel (point * 4 + c) of block (r, c0) holds a code of (r, c0, point, c): colour channels 0-2, density 3.
+    codes = torch.zeros(1, 64, rows, cols)
+    for r in range(rows):
+        for col in range(cols):
+            for point in range(16):
+                for c in range(4):
+                    codes[0, point * 4 + c, r, col] = 1000 * r + 100 * col + 4 * point + c
+    image = surface_image(codes)
+    assert image.shape == (1, 3, rows * k, cols * k)
+    for y, x in [(0, 0), (5, 2), (7, 11), (3, 9)]:
+        r, i, col, j = y // k, y % k, x // k, x % k
+        point = i * k + j  # row-major over the block, as block_offsets orders them
+        for c in range(3):
+            assert image[0, c, y, x] == 1000 * r + 100 * col + 4 * point + c
+
+
+@pytest.mark.parametrize("kind", GUIDED_KINDS)
+def test_an_untrained_adapter_decodes_exactly_as_the_plain_decoder(kind):
+    guided, plain = guided_model(kind), guided_model("none")
     # The adapter is initialised from a forked generator: with the same seed, every other tensor is the plain run's.
     plain_state = plain.state_dict()
     guided_state = {k: v for k, v in guided.state_dict().items() if not k.startswith("decoder_guidance.")}
@@ -150,6 +170,9 @@ def test_patch_loss_with_guidance_reaches_the_latent_field_decoder_and_adapter_o
     # The adapter's last layer (zero at first) gets a gradient: its output moves the latent map the decoder sees.
     last = model.decoder_guidance.adapter[-1]
     assert last.weight.grad is not None and last.weight.grad.abs().sum() > 0
+    if kind == SURFACE:  # and so does the refiner's correction, from the decoded image and the surface image
+        correction = model.decoder_guidance.refiner[-1]
+        assert correction.weight.grad is not None and correction.weight.grad.abs().sum() > 0
     # The guidance maps are detached: nothing of L_p flows into colour, density or the proposal networks.
     adapter_params = {id(p) for p in model.decoder_guidance.parameters()}
     assert adapter_params <= {id(p) for p in model.get_param_groups()["ae_decoder"]}
@@ -160,6 +183,8 @@ def test_one_pass_and_separate_passes_give_the_same_guided_patch_loss(kind):
     model = guided_model(kind)
     # A trained-looking adapter: non-zero last layer, so the guidance changes the decoded patch.
     torch.nn.init.normal_(model.decoder_guidance.adapter[-1].weight, std=0.1)
+    if kind == SURFACE:
+        torch.nn.init.normal_(model.decoder_guidance.refiner[-1].weight, std=0.1)
     for module in model.modules():
         if hasattr(module, "train_stratified"):
             module.train_stratified = False
@@ -199,6 +224,8 @@ def test_decoding_a_map_without_its_guidance_channels_says_how_to_build_it():
 def test_fast_and_plain_inference_paths_decode_with_the_guidance(tmp_path, kind):
     model = guided_model(kind)
     torch.nn.init.normal_(model.decoder_guidance.adapter[-1].weight, std=0.1)
+    if kind == SURFACE:
+        torch.nn.init.normal_(model.decoder_guidance.refiner[-1].weight, std=0.1)
     model.eval()
     cam = camera(width=60, height=44)  # not multiples of 8: padded, decoded, cropped
     model.config.inference_path = "fast"
@@ -236,6 +263,8 @@ def test_phase_c_trains_the_guided_decoder_on_guided_crops(scene, tmp_path, alig
     losses = phase_losses(trainer, range(3, 5))
     assert losses[Phase.DISTILL] == {"distill_real_loss", "distill_render_loss"}
     assert not torch.equal(last.detach(), after_b)  # and so did phase C
+    if kind == SURFACE:
+        assert torch.count_nonzero(model.decoder_guidance.refiner[-1].weight) > 0  # the refiner trains from zero too
     if alignment == "grid":
         maps = pipeline.distill_latents
         # 48x64 images: 8 latent + 5 guidance channels (+ 64 of the surface points)

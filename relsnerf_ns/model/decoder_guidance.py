@@ -14,7 +14,11 @@ of each block, under the centres of its sub-blocks on the plane through the surf
 median depth; `latent_rays.block_surface_points`). Each point is one evaluation of the colour field, no proposal
 sampling or compositing, so a 4 x 4 grid costs about a third of the field evaluations of the latent rays themselves
 (48 samples each). Where the block straddles an occlusion edge, some points lie in front of or behind the surface
-they show; their density (log(1 + sigma)) tells the adapter where the surface is.
+they show; their density (log(1 + sigma)) tells the adapter where the surface is. The points' colours also reach the
+decoded image directly, as latentSplat's skip connections do: laid out as an image at 1/2 resolution and upsampled,
+they go with the decoded image through a small full-resolution refiner whose correction, zero until trained, is added
+to it: D(z + A(g)) + R(D(z + A(g)), S). Detail the latent map cannot hold then has a path that does not go through
+the autoencoder's latent space.
 
 In code, a "decoder input map" is the latent map with the guidance channels appended, channels last:
 [..., rows, cols, n + G]. Everything that carries latent maps to the decoder (phase B's patches, phase C's cached
@@ -26,6 +30,7 @@ from __future__ import annotations
 from typing import Dict, Literal, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
@@ -46,6 +51,9 @@ GUIDANCE_CHANNELS: Dict[str, Tuple[str, ...]] = {
     + ("surface",) * (SURFACE_CHANNELS_PER_POINT * SURFACE_POINTS_PER_SIDE**2),
 }
 """Which rendered quantity each guidance channel holds, per kind."""
+
+REFINER_CHANNELS = 32
+"""Width of surface guidance's full-resolution refiner."""
 
 HIDDEN_CHANNELS: Dict[str, int] = {"rgb": 64, "rgb-depth": 64, "rgb-depth-surface": 128}
 """The adapter's hidden width per kind: wider where it reads a block's 16 surface points (69 channels)."""
@@ -85,6 +93,14 @@ class DecoderGuidance(nn.Module):
                 nn.ReLU(),
                 last,
             )
+        self.surface_channels = GUIDANCE_CHANNELS[kind].count("surface")
+        self.refiner = None
+        if self.surface_channels:
+            # Full resolution, so kept small: two 3x3 convolutions over the decoded image and the surface image.
+            correction = nn.Conv2d(REFINER_CHANNELS, 3, 3, padding=1)
+            nn.init.zeros_(correction.weight)
+            nn.init.zeros_(correction.bias)
+            self.refiner = nn.Sequential(nn.Conv2d(6, REFINER_CHANNELS, 3, padding=1), nn.ReLU(), correction)
 
     @property
     def enabled(self) -> bool:
@@ -129,6 +145,25 @@ class DecoderGuidance(nn.Module):
         if self.adapter is None:
             raise RuntimeError("decoder guidance is off (kind 'none'): there is no adapter to run")
         return self.adapter(guidance)
+
+    def refine(
+        self, decoded: Float[Tensor, "batch 3 H W"], guidance: Float[Tensor, "batch G h w"]
+    ) -> Float[Tensor, "batch 3 H W"]:
+        """The decoded image plus the refiner's correction from the surface points' colours (surface guidance only;
+        the image unchanged otherwise)."""
+        if self.refiner is None:
+            return decoded
+        surface = surface_image(guidance[:, len(GUIDANCE_CHANNELS[self.kind]) - self.surface_channels :])
+        surface = F.interpolate(surface, size=decoded.shape[-2:], mode="bilinear", align_corners=False)
+        return decoded + self.refiner(torch.cat([decoded, surface.to(decoded.dtype)], dim=1))
+
+
+def surface_image(surface: Float[Tensor, "batch S h w"]) -> Float[Tensor, "batch 3 h*k w*k"]:
+    """The surface points' colours as an image: point (i, j) of block (r, c) at pixel (k r + i, k c + j)."""
+    batch, _, rows, cols = surface.shape
+    k = SURFACE_POINTS_PER_SIDE
+    points = surface.reshape(batch, k, k, SURFACE_CHANNELS_PER_POINT, rows, cols)[:, :, :, :3]  # [b, i, j, 3, r, c]
+    return points.permute(0, 3, 4, 1, 5, 2).reshape(batch, 3, rows * k, cols * k)
 
 
 __all__ = ["GUIDANCE_CHANNELS", "SURFACE_POINTS_PER_SIDE", "DecoderGuidance", "DecoderGuidanceKind"]

@@ -609,7 +609,8 @@ class RelsNerfModel(OfflineNerfactoModel):
         return images if inputs.ndim == 4 else images[0]
 
     def decode_channels_first(self, inputs: Float[Tensor, "batch c h w"]) -> Float[Tensor, "batch 3 h*8 w*8"]:
-        """The decoder on [latent, guidance] channels: D(z), or D(z + A(g)) when the decoder is guided."""
+        """The decoder on [latent, guidance] channels: D(z), or D(z + A(g)) when the decoder is guided, plus the
+        refiner's correction R(D, S) of surface guidance."""
         n = self.autoencoder.latent_channels
         expected = n + self.decoder_guidance.channels
         if inputs.shape[1] != expected:
@@ -618,10 +619,11 @@ class RelsNerfModel(OfflineNerfactoModel):
                 f"--pipeline.model.decoder-guidance {self.decoder_guidance.kind}), got {inputs.shape[1]}: build its "
                 "input with decoder_input_map"
             )
-        latent = inputs[:, :n]
-        if self.decoder_guidance.enabled:
-            latent = latent + self.decoder_guidance(inputs[:, n:]).to(latent.dtype)
-        return self.autoencoder.decode(latent)
+        latent, guidance = inputs[:, :n], inputs[:, n:]
+        if not self.decoder_guidance.enabled:
+            return self.autoencoder.decode(latent)
+        decoded = self.autoencoder.decode(latent + self.decoder_guidance(guidance).to(latent.dtype))
+        return self.decoder_guidance.refine(decoded, guidance)
 
     def _render_latent_bundle_chunked(self, bundle: RayBundle) -> Dict[str, Tensor]:
         rows, cols = bundle.shape
