@@ -109,7 +109,7 @@ class DecoderGuidance(nn.Module):
     @property
     def needs_surface(self) -> bool:
         """Whether the guidance reads the colour field at points of each block's surface (`surface_guidance`)."""
-        return "surface" in GUIDANCE_CHANNELS[self.kind]
+        return self.surface_channels > 0
 
     def guidance_maps(
         self,
@@ -153,7 +153,7 @@ class DecoderGuidance(nn.Module):
         the image unchanged otherwise)."""
         if self.refiner is None:
             return decoded
-        surface = surface_image(guidance[:, len(GUIDANCE_CHANNELS[self.kind]) - self.surface_channels :])
+        surface = surface_image(guidance[:, -self.surface_channels :])  # the surface channels come last
         surface = F.interpolate(surface, size=decoded.shape[-2:], mode="bilinear", align_corners=False)
         return decoded + self.refiner(torch.cat([decoded, surface.to(decoded.dtype)], dim=1))
 
