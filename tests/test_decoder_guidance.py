@@ -18,7 +18,7 @@ from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.field_components.field_heads import FieldHeadNames
 
 from relsnerf_ns.model.decoder_guidance import MIN_DEPTH, DecoderGuidance, surface_image
-from relsnerf_ns.relsnerf_config import relsnerf_r32
+from relsnerf_ns.relsnerf_config import GUIDANCE_LR, relsnerf_r32
 from relsnerf_ns.rendering.latent_rays import (
     block_centre_coords,
     block_offsets,
@@ -166,7 +166,7 @@ def test_patch_loss_with_guidance_reaches_the_latent_field_decoder_and_adapter_o
     model = guided_model(kind)
     model.train()
     _, losses, _ = model.train_step(joint_batch(with_depth=False))
-    assert reached_groups(model, losses["patch_loss"]) == {"latent_field", "ae_decoder"}
+    assert reached_groups(model, losses["patch_loss"]) == {"latent_field", "ae_decoder", "decoder_guidance"}
     # The adapter's last layer (zero at first) gets a gradient: its output moves the latent map the decoder sees.
     last = model.decoder_guidance.adapter[-1]
     assert last.weight.grad is not None and last.weight.grad.abs().sum() > 0
@@ -174,8 +174,10 @@ def test_patch_loss_with_guidance_reaches_the_latent_field_decoder_and_adapter_o
         correction = model.decoder_guidance.refiner[-1]
         assert correction.weight.grad is not None and correction.weight.grad.abs().sum() > 0
     # The guidance maps are detached: nothing of L_p flows into colour, density or the proposal networks.
-    adapter_params = {id(p) for p in model.decoder_guidance.parameters()}
-    assert adapter_params <= {id(p) for p in model.get_param_groups()["ae_decoder"]}
+    # Adapter and refiner are the guidance group, at its own rate; the decoder's group keeps the decoder alone.
+    groups = model.get_param_groups()
+    assert {id(p) for p in model.decoder_guidance.parameters()} == {id(p) for p in groups["decoder_guidance"]}
+    assert {id(p) for p in groups["ae_decoder"]} == {id(p) for p in model.autoencoder.decoder_parameters()}
 
 
 @pytest.mark.parametrize("kind", GUIDED_KINDS)
@@ -331,11 +333,54 @@ def test_a_run_trained_without_guidance_resumes_with_it_and_trains_the_adapter(s
     resumed.setup()
     assert resumed._start_step == 3
     assert "trained without decoder guidance" in " ".join(capsys.readouterr().out.split())
-    group = resumed.optimizers.optimizers["ae_decoder"].param_groups[0]["params"]
-    assert len(group) == decoder_params + len(list(resumed.pipeline.model.decoder_guidance.parameters()))
+    assert len(resumed.optimizers.optimizers["ae_decoder"].param_groups[0]["params"]) == decoder_params
+    # The adapter's group is new to the checkpoint: fresh moments, and the rate of the step it resumes at (phase B),
+    # not that of a scheduler counting from step 0 (phase A's 0).
+    guidance = resumed.optimizers.optimizers["decoder_guidance"]
+    assert len(guidance.param_groups[0]["params"]) == len(list(resumed.pipeline.model.decoder_guidance.parameters()))
+    assert not guidance.state
+    assert guidance.param_groups[0]["lr"] == pytest.approx(GUIDANCE_LR)
     last = resumed.pipeline.model.decoder_guidance.adapter[-1].weight
     assert torch.count_nonzero(last) == 0
     resumed.pipeline.train()
     for step in range(3, 6):  # the rest of phase B, then phase C
         resumed.train_iteration(step)
     assert torch.count_nonzero(last) > 0  # the adapter trains from its zero start
+
+
+def test_a_checkpoint_with_the_adapter_in_the_decoder_group_resumes_with_its_moments_in_the_guidance_group(
+    scene, tmp_path
+):
+    # Older versions trained the adapter in the decoder's group, after the decoder's parameters.
+    config = tiny_config("relsnerf-r32", scene, tmp_path / "old", steps=(1, 3, 2))
+    config.save_only_latest_checkpoint = False
+    first = config.setup(local_rank=0, world_size=1)
+    first.setup()
+    for step in range(3):
+        first.train_iteration(step)
+    first.save_checkpoint(2)
+    path = first.checkpoint_dir / "step-000000002.ckpt"
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    decoder, guidance = saved["optimizers"]["ae_decoder"], saved["optimizers"].pop("decoder_guidance")
+    saved["schedulers"].pop("decoder_guidance")
+    n_decoder = len(decoder["param_groups"][0]["params"])
+    n_guidance = len(guidance["param_groups"][0]["params"])
+    decoder["param_groups"][0]["params"] = list(range(n_decoder + n_guidance))
+    decoder["state"].update({n_decoder + i: state for i, state in guidance["state"].items()})
+    torch.save(saved, path)
+
+    resumed_config = tiny_config("relsnerf-r32", scene, tmp_path / "new", steps=(1, 3, 2))
+    resumed_config.load_dir = first.checkpoint_dir
+    resumed = resumed_config.setup(local_rank=0, world_size=1)
+    resumed.setup()
+    optimizers = resumed.optimizers.optimizers
+    assert len(optimizers["ae_decoder"].param_groups[0]["params"]) == n_decoder
+    moved = optimizers["decoder_guidance"]
+    assert moved.param_groups[0]["lr"] == pytest.approx(GUIDANCE_LR)
+    for i, param in enumerate(moved.param_groups[0]["params"]):
+        torch.testing.assert_close(moved.state[param]["exp_avg"], guidance["state"][i]["exp_avg"])
+    for i, param in enumerate(optimizers["ae_decoder"].param_groups[0]["params"]):
+        torch.testing.assert_close(optimizers["ae_decoder"].state[param]["exp_avg"], decoder["state"][i]["exp_avg"])
+    resumed.pipeline.train()
+    for step in range(3, 6):
+        resumed.train_iteration(step)

@@ -109,7 +109,8 @@ def test_each_loss_of_the_single_pass_reaches_what_it_should(model):
     no_sampling_jitter(model)
     with_density(model)
     _, losses, _ = model.train_step(joint_batch(with_depth=True))
-    assert reached_groups(model, losses["patch_loss"]) == {"latent_field", "ae_decoder"}
+    assert model.decoder_guidance.enabled  # the recipe's default guidance: its adapter has a group of its own
+    assert reached_groups(model, losses["patch_loss"]) == {"latent_field", "ae_decoder", "decoder_guidance"}
     assert reached_groups(model, losses["latent_loss"]) == {"latent_field"}
     assert reached_groups(model, losses["rgb_loss"]) == {"fields"}
     assert reached_groups(model, losses["depth_loss"]) == {"fields"}

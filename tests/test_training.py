@@ -13,9 +13,10 @@ from .conftest import VENV_BIN, tiny_config
 
 GROUPS_PER_PHASE = {
     Phase.AE_PRETRAIN: {"ae_encoder", "ae_decoder"},
-    Phase.JOINT: {"proposal_networks", "fields", "latent_field", "ae_decoder"},
-    Phase.DISTILL: {"ae_decoder"},
+    Phase.JOINT: {"proposal_networks", "fields", "latent_field", "ae_decoder", "decoder_guidance"},
+    Phase.DISTILL: {"ae_decoder", "decoder_guidance"},
 }
+"""With the recipe's default decoder guidance, whose adapter trains with the decoder in phases B and C."""
 
 
 def make_trainer(method, scene, tmp_path, steps=(4, 8, 4)):
@@ -54,6 +55,8 @@ def test_phases_switch_at_configured_steps_and_train_only_their_parameters(scene
     # Learning rates follow the phase: NeRF groups at 1e-2 in B, decoder 1e-4 in B and C.
     lrs = {name: opt.param_groups[0]["lr"] for name, opt in trainer.optimizers.optimizers.items()}
     assert lrs["fields"] == 0.0 and lrs["ae_encoder"] == 0.0 and lrs["ae_decoder"] > 0
+    # The guidance adapter at ten times the decoder's rate, halving with it in phase C.
+    assert lrs["decoder_guidance"] == pytest.approx(10 * lrs["ae_decoder"])
 
 
 def test_skip_switches_remove_phases(scene, tmp_path):

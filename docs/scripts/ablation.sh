@@ -215,6 +215,13 @@ tiny_surface_c_short() {
 # shellcheck disable=SC2086
 r32_surface() { train r32_surface relsnerf-r32 $SURFACE; }
 
+# The guidance modules at the decoder's rate (1e-4 in phase B), as before they had a group of their own (1e-3).
+GUIDANCE_AT_DECODER_RATE="--optimizers.decoder-guidance.scheduler.phase-b.lr 1e-4"
+# shellcheck disable=SC2086
+tinyB_guided_decoder_rate() { tiny_b tinyB_guided_decoder_rate $GUIDED $GUIDANCE_AT_DECODER_RATE; }
+# shellcheck disable=SC2086
+tinyB_surface_decoder_rate() { tiny_b tinyB_surface_decoder_rate $SURFACE $GUIDANCE_AT_DECODER_RATE; }
+
 VARIANTS=("$@")
 [ ${#VARIANTS[@]} -eq 0 ] && VARIANTS=(tiny_c_short tinyB_paper_nerf_rate tinyB_phase_targets tiny_phase_targets_c_short
     tinyB_view_free_latents tiny_c_decoder_rate tiny_c_anywhere tiny_c_anywhere_long tinyB_frozen_decoder
@@ -223,7 +230,7 @@ VARIANTS=("$@")
     r32_c_large_crops tiny_four_patches tiny_lz_tenth r32_c_paper tiny_paper_recipe tinyB_centred_targets
     tiny_centred_targets_c_anywhere tiny_centred_targets_c_paper tinyB_compiled tinyB_interpolated_targets tinyB_paper_b
     tinyB_guided tiny_guided_c_short tinyB_unguided tiny_unguided_c_short r32_guided r32_unguided tinyB_surface
-    tiny_surface_c_short r32_surface)
+    tiny_surface_c_short r32_surface tinyB_guided_decoder_rate tinyB_surface_decoder_rate)
 for variant in "${VARIANTS[@]}"; do "$variant"; done
 
 python3 - "$OUT" <<'EOF'

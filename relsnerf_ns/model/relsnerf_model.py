@@ -339,9 +339,11 @@ class RelsNerfModel(OfflineNerfactoModel):
             "fields": self.field.rgb_nerf_parameters(),
             "latent_field": self.field.latent_parameters(),
             "ae_encoder": self.autoencoder.encoder_parameters(),
-            # The guidance adapter is part of the decoder: trained with it in phases B and C (phase A has no NeRF).
-            "ae_decoder": self.autoencoder.decoder_parameters() + list(self.decoder_guidance.parameters()),
+            "ae_decoder": self.autoencoder.decoder_parameters(),
         }
+        guidance = list(self.decoder_guidance.parameters())
+        if guidance:  # trained in phases B and C (phase A has no NeRF), at their own rate (relsnerf_config)
+            groups["decoder_guidance"] = guidance
         self.camera_optimizer.get_param_groups(param_groups=groups)
         return groups
 

@@ -512,11 +512,14 @@ class RelsNerfTrainer(Trainer):
         step = int(loaded["step"])
         self._start_step = step + 1
         self.pipeline.load_pipeline(loaded["pipeline"], step)
-        if getattr(self.pipeline, "loaded_without_guidance", False):
-            add_untrained_parameters(loaded["optimizers"], "ae_decoder", self.optimizers.optimizers["ae_decoder"])
+        # A checkpoint without decoder guidance has no state for its group, which then starts fresh (as at its first
+        # step); one of a version that trained the guidance modules within the decoder's group gets them split off.
+        if "decoder_guidance" in self.optimizers.optimizers:
+            move_trailing_parameters(loaded["optimizers"], self.optimizers.optimizers, "ae_decoder", "decoder_guidance")
         self.optimizers.load_optimizers(loaded["optimizers"])
         if "schedulers" in loaded and self.config.load_scheduler:
             self.optimizers.load_schedulers(loaded["schedulers"])
+            catch_up_new_schedulers(self.optimizers.schedulers, loaded["schedulers"])
         self.grad_scaler.load_state_dict(loaded["scalers"])
         self._loaded_resume_state = loaded.get("resume")
         CONSOLE.print(f"Done loading Nerfstudio checkpoint from {path}")
@@ -711,18 +714,45 @@ def use_deterministic_algorithms(config: RelsNerfTrainerConfig) -> None:
     CONSOLE.print(f"Deterministic algorithms on (--deterministic True){': ' + '; '.join(notes) if notes else ''}.")
 
 
-def add_untrained_parameters(states: Dict[str, Any], group: str, optimizer: torch.optim.Optimizer) -> None:
-    """Extend a checkpoint's optimizer state of `group` with the parameters that this run's group has beyond it.
+def catch_up_new_schedulers(schedulers: Dict[str, Any], loaded: Dict[str, Any]) -> None:
+    """Bring the schedulers of groups that a checkpoint has no state for (the decoder-guidance group of a checkpoint
+    of an older version) to the checkpoint's step count: a fresh one would count from 0, i.e. from phase A's rates."""
+    counts = {state.get("last_epoch") for state in loaded.values() if isinstance(state, dict)}
+    counts.discard(None)
+    if len(counts) != 1:
+        return
+    (count,) = counts
+    for name, scheduler in schedulers.items():
+        if name in loaded or not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+            continue
+        scheduler.last_epoch = count
+        rates = [base * factor(count) for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+        for group, rate in zip(scheduler.optimizer.param_groups, rates):
+            group["lr"] = rate
+        scheduler._last_lr = rates  # what get_last_lr() reports, as after a step
 
-    A run resumed from a checkpoint of an older version whose group held fewer parameters (the decoder group before
-    the guidance adapter, which comes last in it): the added ones start without Adam moments, as at their first step.
-    """
+
+def move_trailing_parameters(
+    states: Dict[str, Any], optimizers: Dict[str, torch.optim.Optimizer], group: str, to: str
+) -> None:
+    """Move the Adam state of the parameters that a checkpoint's `group` holds beyond this run's into group `to`.
+
+    Checkpoints of older versions trained the decoder-guidance modules in the decoder's group, after the decoder's
+    own parameters; they now have a group of their own with its own rate. Their moments move with them; the rates
+    and other options of `to` stay this run's. Nothing changes when the checkpoint already has `to` or `group` holds
+    no more parameters than this run's."""
     saved = states.get(group)
-    if saved is None:
+    if saved is None or to in states or len(saved["param_groups"]) != 1:
         return
-    saved_ids = saved["param_groups"][0]["params"]
-    wanted = len(optimizer.param_groups[0]["params"])
-    if len(saved["param_groups"]) != 1 or len(saved_ids) >= wanted:
+    saved_ids = list(saved["param_groups"][0]["params"])
+    wanted = len(optimizers[group].param_groups[0]["params"])
+    if len(saved_ids) <= wanted:
         return
-    start = max(saved_ids, default=-1) + 1
-    saved["param_groups"][0]["params"] = list(saved_ids) + list(range(start, start + wanted - len(saved_ids)))
+    kept, moved = saved_ids[:wanted], saved_ids[wanted:]
+    moments = saved.get("state", {})
+    options = dict(saved["param_groups"][0], params=kept)
+    states[group] = {"state": {i: moments[i] for i in kept if i in moments}, "param_groups": [options]}
+    states[to] = {
+        "state": {new: moments[old] for new, old in enumerate(moved) if old in moments},
+        "param_groups": [dict(optimizers[to].state_dict()["param_groups"][0], params=list(range(len(moved))))],
+    }
