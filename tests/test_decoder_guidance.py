@@ -22,7 +22,7 @@ from relsnerf_ns.relsnerf_config import GUIDANCE_LR, relsnerf_r32
 from relsnerf_ns.rendering.latent_rays import (
     block_centre_coords,
     block_offsets,
-    block_surface_points,
+    block_sub_ray_directions,
     latent_ray_bundle,
 )
 from relsnerf_ns.training.phases import Phase
@@ -62,22 +62,60 @@ def sub_block_rays(cam, top: int, left: int, rows: int, cols: int):
     return cam.generate_rays(camera_indices=indices, coords=coords)
 
 
-def test_surface_points_lie_on_the_sub_block_rays_at_the_block_points_distance_from_the_camera():
+def test_sub_block_ray_directions_are_nerfstudios_rays_through_the_sub_block_centres():
     cam = camera()
     rows, cols = 3, 4
     rays = latent_ray_bundle(cam, 0, 8, 16, rows, cols).flatten()
-    depth = 1.0 + 2.0 * torch.rand(len(rays), 1)
-    points = block_surface_points(
-        rays.origins, rays.directions, rays.metadata["directions_norm"], rays.metadata["pixel_axes"], depth, 4
-    )
-    assert points.shape == (rows * cols, 16, 3)
-    forward = -cam.camera_to_worlds[0, :, 2]
-    axis_distance = (depth * rays.directions) @ forward  # the block point's distance along the optical axis
+    norm = rays.metadata["directions_norm"]
+    sub = block_sub_ray_directions(rays.directions, norm, rays.metadata["pixel_axes"], 4)
+    assert sub.shape == (rows * cols, 16, 3)
     reference = sub_block_rays(cam, 8, 16, rows, cols)
-    along = axis_distance[:, None, None] / (reference.directions @ forward)[..., None]
-    torch.testing.assert_close(points, reference.origins + along * reference.directions, atol=1e-5, rtol=1e-5)
-    # The centre of the block's 16 points is the block's own point.
-    torch.testing.assert_close(points.mean(dim=1), rays.origins + depth * rays.directions, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sub / sub.norm(dim=-1, keepdim=True), reference.directions, atol=1e-5, rtol=1e-5)
+    # A distance t along the block ray and t * |sub| / norm along a sub-block ray: the same distance along the axis.
+    forward = -cam.camera_to_worlds[0, :, 2]
+    t = 1.0 + 2.0 * torch.rand(len(rays), 1)
+    block_point = (t * rays.directions) @ forward
+    sub_point = ((t / norm)[:, None, :] * sub) @ forward
+    torch.testing.assert_close(sub_point, block_point[:, None].expand(-1, 16), atol=1e-5, rtol=1e-5)
+    # The 16 sub-block directions average to the block ray's own.
+    torch.testing.assert_close(sub.mean(dim=1), rays.directions * norm, atol=1e-6, rtol=1e-5)
+
+
+def reference_surface_channels(model, cam, rows, cols, count):
+    """The surface channels computed from nerfstudio's own sub-block rays, independently of the model's code."""
+    rays = latent_ray_bundle(cam, 0, 8, 16, rows, cols).flatten()
+    rays = model.collider(rays) if model.collider is not None else rays
+    with torch.no_grad():
+        samples, _, _ = model.proposal_sampler(rays, density_fns=model.density_fns)
+        weights = samples.get_weights(model.field.forward(samples)[FieldHeadNames.DENSITY])
+    chosen = torch.topk(weights[..., 0], count, dim=-1).indices.sort(dim=-1).values
+    forward = -cam.camera_to_worlds[0, :, 2]
+    along_axis = (rays.directions @ forward)[:, None]  # per unit of distance along the block ray
+    reference = sub_block_rays(cam, 8, 16, rows, cols)  # [rays, 16]
+    per_unit = (reference.directions @ forward)[..., None]  # [rays, 16, 1]
+    channels = []
+    for point in range(16):
+        starts = samples.frustums.starts[..., 0].gather(-1, chosen) * along_axis / per_unit[:, point]
+        ends = samples.frustums.ends[..., 0].gather(-1, chosen) * along_axis / per_unit[:, point]
+        shape = starts.shape
+        sub = RaySamples(
+            frustums=Frustums(
+                origins=reference.origins[:, point, None].expand(*shape, 3),
+                directions=reference.directions[:, point, None].expand(*shape, 3),
+                starts=starts[..., None],
+                ends=ends[..., None],
+                pixel_area=torch.ones(*shape, 1),
+            ),
+            camera_indices=torch.zeros(*shape, 1, dtype=torch.long),
+            deltas=(ends - starts)[..., None],
+        )
+        with torch.no_grad():
+            field = model.field.forward(sub)
+        w = sub.get_weights(field[FieldHeadNames.DENSITY])
+        accumulation = w.sum(dim=-2)
+        rgb = (w * field[FieldHeadNames.RGB]).sum(dim=-2) / accumulation.clamp_min(1e-3)
+        channels.append(torch.cat([rgb, accumulation], dim=-1))
+    return torch.stack(channels, dim=1).reshape(rows, cols, 64)
 
 
 @pytest.mark.parametrize("kind, channels", [("none", 0), ("rgb", 3), ("rgb-depth", 5), (SURFACE, 5 + 64)])
@@ -95,32 +133,13 @@ def test_decoder_input_map_appends_the_guidance_channels(kind, channels):
         torch.testing.assert_close(inputs[..., 11:12], expected_depth)
         torch.testing.assert_close(inputs[..., 12:13], maps["accumulation"])
     if kind == SURFACE:
-        # Per point, colour and log(1 + density) of the colour field where the sub-block's own ray meets the plane of
-        # the block's surface point: computed here from nerfstudio's rays, independently of block_surface_points.
-        cam = camera()
-        rays = latent_ray_bundle(cam, 0, 8, 16, 3, 4).flatten()
-        reference = sub_block_rays(cam, 8, 16, 3, 4)
-        forward = -cam.camera_to_worlds[0, :, 2]
-        axis_distance = (maps["depth"].reshape(-1, 1) * rays.directions) @ forward
-        points = reference.origins + (axis_distance[:, None, None] / (reference.directions @ forward)[..., None]) * (
-            reference.directions
-        )
-        zero = torch.zeros_like(points[..., :1])
-        samples = RaySamples(
-            frustums=Frustums(
-                origins=points,
-                directions=rays.directions[:, None].expand(-1, 16, -1),
-                starts=zero,
-                ends=zero,
-                pixel_area=torch.ones_like(zero),
-            ),
-            camera_indices=torch.zeros_like(zero, dtype=torch.long),
-        )
-        with torch.no_grad():
-            field = model.field.forward(samples)
-        expected = torch.cat([field[FieldHeadNames.RGB], torch.log1p(field[FieldHeadNames.DENSITY])], dim=-1)
-        torch.testing.assert_close(inputs[..., 13:], expected.reshape(3, 4, 64), atol=1e-4, rtol=1e-4)
-        assert expected[..., 3].abs().sum() > 0 and expected[..., :3].std() > 0  # densities and colours, not constants
+        # Per sub-block ray, colour and accumulation of the latent ray's samples of highest weight moved onto it.
+        count = model.config.surface_samples
+        expected = reference_surface_channels(model, camera(), 3, 4, count)
+        torch.testing.assert_close(inputs[..., 13:], expected, atol=1e-4, rtol=1e-4)
+        colours, accumulations = expected.reshape(3, 4, 16, 4)[..., :3], expected.reshape(3, 4, 16, 4)[..., 3]
+        assert colours.std() > 0 and accumulations.std() > 0  # colours and accumulations, not constants
+        assert 0 <= float(colours.min()) and float(colours.max()) <= 1 and float(accumulations.max()) <= 1
     # Three convolutions of the adapter (weight, bias); surface guidance adds the refiner's two.
     assert len(list(model.decoder_guidance.parameters())) == {0: 0, 3: 6, 5: 6, 69: 10}[channels]
 

@@ -8,7 +8,9 @@ For each split, the mean over its views of:
 - D(E(I)): PSNR of the model's own autoencoder on the ground-truth image (its ceiling with the trained decoder);
 - D(avg E(I)): the same for the image's latents averaged over --phases x --phases offsets of the 8x8 grid (what a
   latent field shared by all views can render; see docs/method.md);
-- latent error: mean squared difference of the rendered latent map and E(I), relative to E(I)'s variance.
+- latent error: mean squared difference of the rendered latent map and E(I), relative to E(I)'s variance;
+- with surface guidance, also: surface image, the PSNR of the surface points' colours (bilinearly upsampled from their
+  half resolution: what the refiner reads), and without refiner, the decoded output without the refiner's correction.
 A decoded output close to D(E(I)) on both splits says the autoencoder is the limit; decoded far above its held-out
 level on training views says the latent field fits the training views' own latents and not the scene.
 """
@@ -23,6 +25,7 @@ import torch
 from nerfstudio.utils.eval_utils import eval_setup
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
+from relsnerf_ns.model.decoder_guidance import surface_image
 from relsnerf_ns.model.latent_targets import LATENT_DOWNSCALE, phase_averaged_encoding
 
 
@@ -47,12 +50,26 @@ def view_figures(model, dataset, index: int, phases: int) -> tuple:
     def decoded(latent: torch.Tensor) -> torch.Tensor:
         return model.autoencoder.decode(latent)[0].permute(1, 2, 0)
 
-    return (
+    figures = (
         psnr(model.get_outputs_for_camera(camera)["rgb"][:height, :width], target),
         psnr(model.render_rgb_nerf_outputs(camera)["rgb"][:height, :width], target),
         psnr(decoded(encoding), target),
         psnr(decoded(averaged), target),
         float(((field - reference) ** 2).mean() / reference.var()),
+    )
+    if not model.decoder_guidance.needs_surface:
+        return figures
+    low = model.render_latent_frame(camera)
+    inputs = model.decoder_input_map(low).permute(2, 0, 1)[None]
+    n = model.autoencoder.latent_channels
+    guidance = inputs[:, n:]
+    surface = surface_image(guidance[:, -model.decoder_guidance.surface_channels :])
+    size = (inputs.shape[-2] * LATENT_DOWNSCALE, inputs.shape[-1] * LATENT_DOWNSCALE)
+    surface = torch.nn.functional.interpolate(surface, size=size, mode="bilinear", align_corners=False)
+    unrefined = model.autoencoder.decode(inputs[:, :n] + model.decoder_guidance(guidance))
+    return figures + (
+        psnr(surface[0].permute(1, 2, 0)[:height, :width], target),
+        psnr(unrefined[0].permute(1, 2, 0)[:height, :width], target),
     )
 
 
@@ -71,6 +88,7 @@ def main() -> None:
         print(
             f"{split} views ({len(dataset)}): decoded {mean[0]:.2f} dB, RGB-NeRF {mean[1]:.2f} dB, "
             f"D(E(I)) {mean[2]:.2f} dB, D(avg E(I)) {mean[3]:.2f} dB, latent error {mean[4]:.3f}"
+            + (f", surface image {mean[5]:.2f} dB, without refiner {mean[6]:.2f} dB" if len(mean) > 5 else "")
         )
 
 

@@ -9,16 +9,18 @@ before decoding: D(z + A(g)). The adapter's last layer starts at zero (ControlNe
 untrained adapter leaves the decoder exactly as phase A (or the pretrained weights) left it, and it is trained with
 the decoder in phases B and C. Nothing of it reaches the NeRF: the guidance maps are detached.
 
-`rgb-depth-surface` adds what one ray per block cannot give: the colour NeRF at SURFACE_POINTS_PER_SIDE^2 points
-of each block, under the centres of its sub-blocks on the plane through the surface that the block's ray hits (its
-median depth; `latent_rays.block_surface_points`). Each point is one evaluation of the colour field, no proposal
-sampling or compositing, so a 4 x 4 grid costs about a third of the field evaluations of the latent rays themselves
-(48 samples each). Where the block straddles an occlusion edge, some points lie in front of or behind the surface
-they show; their density (log(1 + sigma)) tells the adapter where the surface is. The points' colours also reach the
-decoded image directly, as latentSplat's skip connections do: laid out as an image at 1/2 resolution and upsampled,
-they go with the decoded image through a small full-resolution refiner whose correction, zero until trained, is added
-to it: D(z + A(g)) + R(D(z + A(g)), S). Detail the latent map cannot hold then has a path that does not go through
-the autoencoder's latent space.
+`rgb-depth-surface` adds what one ray per block cannot give: the colour NeRF on the rays through the centres of
+SURFACE_POINTS_PER_SIDE^2 sub-blocks of each block (2x2 pixels each), composited from the latent ray's own samples
+of highest weight, moved onto each sub-block ray at the same distance from the camera (`RelsNerfModel.
+surface_guidance`). Each such sample is one evaluation of the colour field, without proposal sampling. Where a
+sub-block ray's surface lies outside those depths (an occlusion edge inside the block), its accumulation stays low,
+and the adapter sees that. A single point per sub-block ray (on the plane through the latent ray's median depth, the
+first version) gave a surface image of 19.0 dB on the demo scene, where the colour NeRF at half resolution gives 28.0
+and 16 composited samples 27.2 (docs/method.md). The sub-block colours also reach the decoded image directly, as
+latentSplat's skip connections do: laid out as an image at 1/2 resolution and upsampled, they go with the decoded
+image through a small full-resolution refiner whose correction, zero until trained, is added to it:
+D(z + A(g)) + R(D(z + A(g)), S). Detail the latent map cannot hold then has a path that does not go through the
+autoencoder's latent space.
 
 In code, a "decoder input map" is the latent map with the guidance channels appended, channels last:
 [..., rows, cols, n + G]. Everything that carries latent maps to the decoder (phase B's patches, phase C's cached
@@ -37,10 +39,10 @@ from torch import Tensor, nn
 DecoderGuidanceKind = Literal["none", "rgb", "rgb-depth", "rgb-depth-surface"]
 
 SURFACE_POINTS_PER_SIDE = 4
-"""Surface guidance evaluates the colour field at this many points per side of each 8x8 block (2x2-pixel spacing)."""
+"""Surface guidance renders this many sub-block rays per side of each 8x8 block (2x2-pixel spacing)."""
 
 SURFACE_CHANNELS_PER_POINT = 4
-"""Colour (3) and log(1 + density) of each surface point."""
+"""Colour (3) and accumulation of each sub-block ray."""
 
 GUIDANCE_CHANNELS: Dict[str, Tuple[str, ...]] = {
     "none": (),
@@ -56,7 +58,7 @@ REFINER_CHANNELS = 32
 """Width of surface guidance's full-resolution refiner."""
 
 HIDDEN_CHANNELS: Dict[str, int] = {"rgb": 64, "rgb-depth": 64, "rgb-depth-surface": 128}
-"""The adapter's hidden width per kind: wider where it reads a block's 16 surface points (69 channels)."""
+"""The adapter's hidden width per kind: wider where it reads a block's 16 sub-block rays (69 channels)."""
 
 MIN_DEPTH = 1e-3
 """Depths are clamped to this before their logarithm (a ray that hits nothing can render a depth of 0)."""
@@ -127,7 +129,7 @@ class DecoderGuidance(nn.Module):
         }
         if self.needs_surface:
             if surface is None:
-                raise ValueError(f"decoder guidance {self.kind!r} needs the surface points' colours and densities")
+                raise ValueError(f"decoder guidance {self.kind!r} needs the sub-block rays' colours and accumulations")
             parts["surface"] = surface.detach()
         names = GUIDANCE_CHANNELS[self.kind]
         used = [parts[name] for name in dict.fromkeys(names)]  # each quantity once, in channel order
@@ -136,10 +138,10 @@ class DecoderGuidance(nn.Module):
         return torch.cat([part.to(rgb.dtype) for part in used], dim=-1)
 
     def surface_guidance(
-        self, rgb: Float[Tensor, "rays k 3"], density: Float[Tensor, "rays k 1"]
+        self, rgb: Float[Tensor, "rays k 3"], accumulation: Float[Tensor, "rays k 1"]
     ) -> Float[Tensor, "rays S"]:
-        """The surface channels of each ray: colour and log(1 + density) of its k points, point by point."""
-        return torch.cat([rgb.float(), torch.log1p(density.float().clamp_min(0.0))], dim=-1).flatten(-2)
+        """The surface channels of each latent ray: colour and accumulation of its k sub-block rays, ray by ray."""
+        return torch.cat([rgb.float(), accumulation.float()], dim=-1).flatten(-2)
 
     def forward(self, guidance: Float[Tensor, "batch G h w"]) -> Float[Tensor, "batch n h w"]:
         if self.adapter is None:
@@ -149,7 +151,7 @@ class DecoderGuidance(nn.Module):
     def refine(
         self, decoded: Float[Tensor, "batch 3 H W"], guidance: Float[Tensor, "batch G h w"]
     ) -> Float[Tensor, "batch 3 H W"]:
-        """The decoded image plus the refiner's correction from the surface points' colours (surface guidance only;
+        """The decoded image plus the refiner's correction from the sub-block rays' colours (surface guidance only;
         the image unchanged otherwise)."""
         if self.refiner is None:
             return decoded
@@ -159,7 +161,7 @@ class DecoderGuidance(nn.Module):
 
 
 def surface_image(surface: Float[Tensor, "batch S h w"]) -> Float[Tensor, "batch 3 h*k w*k"]:
-    """The surface points' colours as an image: point (i, j) of block (r, c) at pixel (k r + i, k c + j)."""
+    """The sub-block rays' colours as an image: ray (i, j) of block (r, c) at pixel (k r + i, k c + j)."""
     batch, _, rows, cols = surface.shape
     k = SURFACE_POINTS_PER_SIDE
     points = surface.reshape(batch, k, k, SURFACE_CHANNELS_PER_POINT, rows, cols)[:, :, :, :3]  # [b, i, j, 3, r, c]

@@ -38,7 +38,7 @@ from relsnerf_ns.model.viewer_controls import (
 )
 from relsnerf_ns.rendering.fast_render import LatentFrameRenderer
 from relsnerf_ns.rendering.hash_grid_kernel import use_fused_hash_grids
-from relsnerf_ns.rendering.latent_rays import block_surface_points, latent_ray_bundle
+from relsnerf_ns.rendering.latent_rays import block_sub_ray_directions, latent_ray_bundle
 from relsnerf_ns.rendering.out_of_memory import ShrinkingSize, decode_frame, free_cached_memory, render_in_chunks
 
 __all__ = ["RENDER_DECODED", "RENDER_RGB_NERF", "RelsNerfModel", "RelsNerfModelConfig"]
@@ -181,11 +181,15 @@ class RelsNerfModelConfig(NerfactoModelConfig):
     decoder_guidance: Optional[DecoderGuidanceKind] = None
     """Beyond the paper: what the decoder sees besides the latent map. 'none': the latent map alone, D(z), as in the
     paper. 'rgb': also the colour NeRF's colour on the latent rays; 'rgb-depth': also their log depth and
-    accumulation; 'rgb-depth-surface': also the colour field's colour and density at 4x4 points of each 8x8 block, on
-    the surface its latent ray hits (one field evaluation per point). The maps pass through a small
+    accumulation; 'rgb-depth-surface': also the colour NeRF on 4x4 sub-block rays of each 8x8 block, composited from
+    the latent ray's samples of highest weight (--pipeline.model.surface-samples). The maps pass through a small
     convolutional adapter whose output, zero until trained, is added to the latent map (D(z + A(g))), and are
     detached (L_p still never reaches the colour NeRF). None takes the recipe's: 'rgb-depth' for 'relsnerf', 'none'
     for 'paper'. relsnerf_ns/model/decoder_guidance.py says why; docs/method.md gives the measured effect."""
+    surface_samples: int = 8
+    """Surface guidance: how many of a latent ray's samples, those of highest weight, each of its block's 4x4
+    sub-block rays composites (one field evaluation each; no proposal sampling). More costs decoded-frame time and
+    catches more of a block's depth range."""
     rgb_nerf_full_resolution: bool = False
     """get_outputs_for_camera renders `rgb_nerf` with one ray per pixel (slow, like nerfacto). When False it is the
     colour NeRF composited on the latent rays (1/8 resolution) and upsampled; evaluation always renders it in full."""
@@ -466,7 +470,11 @@ class RelsNerfModel(OfflineNerfactoModel):
             patch_maps["accumulation"] = joint["accumulation"][n_colour:with_latent]
             if self.decoder_guidance.needs_surface:
                 # The patch rays' own bundle: the joint one keeps the colour rays' metadata, without pixel axes.
-                patch_maps["surface"] = self.surface_guidance(cat_dataclasses(patch_rays), patch_maps["depth"])
+                patch_maps["surface"] = self.surface_guidance(
+                    cat_dataclasses(patch_rays),
+                    joint["ray_samples_list"][-1][n_colour:with_latent],
+                    joint["weights_list"][-1][n_colour:with_latent],
+                )
         return outputs, patch_maps, depth_outputs
 
     def _render_joint_rays_separately(
@@ -536,48 +544,64 @@ class RelsNerfModel(OfflineNerfactoModel):
             outputs["depth"] = self.renderer_depth(weights=weights, ray_samples=ray_samples)
             outputs["accumulation"] = self.renderer_accumulation(weights=weights)
             if self.decoder_guidance.needs_surface:
-                outputs["surface"] = self.surface_guidance(ray_bundle, outputs["depth"])
+                outputs["surface"] = self.surface_guidance(ray_bundle, ray_samples, weights)
         return outputs
 
     @torch.no_grad()
-    def surface_guidance(self, latent_rays: RayBundle, depth: Float[Tensor, "rays 1"]) -> Float[Tensor, "rays S"]:
-        """The colour field's colour and density at 4x4 points of each latent ray's block, on the plane through the
-        point at `depth` (the median depth: on a surface, also at occlusion edges) along the ray, seen from the ray's
-        direction. The rays need the pixel axes that `latent_ray_bundle` gives them."""
+    def surface_guidance(
+        self, latent_rays: RayBundle, samples: RaySamples, weights: Float[Tensor, "rays samples 1"]
+    ) -> Float[Tensor, "rays S"]:
+        """The colour NeRF on the rays through 4x4 sub-blocks of each latent ray's block, composited from the
+        latent ray's `surface_samples` samples of highest weight, moved onto each sub-block ray at the same distance
+        from the camera (no proposal sampling): per sub-block ray, its colour (normalised by its accumulation) and
+        accumulation. The rays need the pixel axes that `latent_ray_bundle` gives them."""
         metadata = latent_rays.metadata or {}
         missing = [key for key in ("directions_norm", "pixel_axes") if key not in metadata]
         if missing:
             raise KeyError(
                 f"surface guidance needs latent rays made by latent_ray_bundle (their metadata lacks {missing})"
             )
-        points = block_surface_points(
-            latent_rays.origins,
-            latent_rays.directions,
-            metadata["directions_norm"],
-            metadata["pixel_axes"],
-            depth.to(latent_rays.origins),
-            SURFACE_POINTS_PER_SIDE,
-            LATENT_DOWNSCALE,
-        )
-        per_ray = points.shape[1]
+        count = min(self.config.surface_samples, weights.shape[-2])
+        # The latent ray's samples where its surface is, kept in their order along the ray.
+        chosen = torch.topk(weights[..., 0], count, dim=-1).indices.sort(dim=-1).values  # [rays, count]
+        starts = samples.frustums.starts[..., 0].gather(-1, chosen)
+        ends = samples.frustums.ends[..., 0].gather(-1, chosen)
+        norm = metadata["directions_norm"].to(starts)
+        sub = block_sub_ray_directions(
+            latent_rays.directions.to(starts), norm, metadata["pixel_axes"].to(starts), SURFACE_POINTS_PER_SIDE
+        )  # [rays, k, 3]
+        rays, per_ray = sub.shape[:2]
+        length = sub.norm(dim=-1, keepdim=True)
+        scale = length / norm[:, None, :]  # [rays, k, 1]: the same distance from the camera as the latent ray's samples
+        sub_starts = (starts[:, None, :] * scale).reshape(rays * per_ray, count, 1)
+        sub_ends = (ends[:, None, :] * scale).reshape(rays * per_ray, count, 1)
 
-        def each_point(values: Tensor) -> Tensor:
-            return values[:, None, :].expand(-1, per_ray, -1)
+        def each_sample(values: Tensor) -> Tensor:  # [rays, k or 1, c] -> [rays * k, count, c]
+            return (
+                values.expand(rays, per_ray, -1)[:, :, None, :]
+                .expand(-1, -1, count, -1)
+                .reshape(rays * per_ray, count, -1)
+            )
 
-        at_point = torch.zeros_like(points[..., :1])
-        samples = RaySamples(
+        sub_samples = RaySamples(
             frustums=Frustums(
-                origins=points,
-                directions=each_point(latent_rays.directions),
-                starts=at_point,  # get_positions() is origins + directions * (starts + ends) / 2: the point itself
-                ends=at_point,
-                pixel_area=each_point(latent_rays.pixel_area),
+                origins=each_sample(latent_rays.origins[:, None, :]),
+                directions=each_sample(sub / length),
+                starts=sub_starts,
+                ends=sub_ends,
+                pixel_area=each_sample(latent_rays.pixel_area[:, None, :]),
             ),
-            camera_indices=each_point(latent_rays.camera_indices),
+            camera_indices=each_sample(latent_rays.camera_indices[:, None, :]),
+            deltas=sub_ends - sub_starts,
         )
-        field_outputs = self.field.forward(samples)
+        field_outputs = self.field.forward(sub_samples)
+        sub_weights = sub_samples.get_weights(field_outputs[FieldHeadNames.DENSITY])
+        accumulation = sub_weights.sum(dim=-2)
+        # Normalised: a sub-block ray whose surface lies partly outside the chosen samples still gets its colour;
+        # its accumulation says how much of it they hold. Bounded by 1 (sum(w c) <= sum(w)).
+        rgb = (sub_weights * field_outputs[FieldHeadNames.RGB]).sum(dim=-2) / accumulation.clamp_min(1e-3)
         return self.decoder_guidance.surface_guidance(
-            field_outputs[FieldHeadNames.RGB], field_outputs[FieldHeadNames.DENSITY]
+            rgb.reshape(rays, per_ray, 3), accumulation.reshape(rays, per_ray, 1)
         )
 
     def decoder_input_map(self, maps: Dict[str, Tensor]) -> Float[Tensor, "*batch rows cols c"]:

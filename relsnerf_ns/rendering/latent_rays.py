@@ -6,9 +6,9 @@ same rays serve phase B's latent patches, phase C's crops and full-frame inferen
 maps sampled the way it was trained on.
 
 Each latent ray also carries, as `metadata["pixel_axes"]`, how its (unnormalised) direction changes per pixel of
-the full-resolution image along x and y. With it, `block_surface_points` places points of the surface a latent ray
-hits under the other pixels of its block, which is how the decoder's surface guidance sees the colour NeRF at finer
-than one ray per block (relsnerf_ns/model/decoder_guidance.py).
+the full-resolution image along x and y. With it, `block_sub_ray_directions` gives the rays through the other pixels
+of its block, along which the decoder's surface guidance composites the latent ray's samples: that is how it sees
+the colour NeRF at finer than one ray per block (relsnerf_ns/model/decoder_guidance.py).
 """
 
 from __future__ import annotations
@@ -68,24 +68,17 @@ def block_offsets(per_side: int, block: int = 8, device: torch.device | str = "c
     return torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=-1)
 
 
-def block_surface_points(
-    origins: Float[Tensor, "rays 3"],
+def block_sub_ray_directions(
     directions: Float[Tensor, "rays 3"],
     directions_norm: Float[Tensor, "rays 1"],
     axes: Float[Tensor, "rays 6"],
-    depth: Float[Tensor, "rays 1"],
     per_side: int,
     block: int = 8,
 ) -> Float[Tensor, "rays k 3"]:
-    """Points under the centres of each block's per_side x per_side sub-blocks, on the plane parallel to the image
-    through the point at `depth` along the block's ray.
-
-    `depth` is a distance along the normalised direction (nerfstudio's depth) and `directions_norm` the length of
-    the unnormalised direction, so depth / directions_norm is the point's distance from the camera along its optical
-    axis: a pixel offset (dx, dy) moves the point by that distance times dx * axes[:3] + dy * axes[3:].
-    """
-    offsets = block_offsets(per_side, block, device=origins.device).to(origins.dtype)  # [k, 2]
-    centre = origins + depth * directions  # [rays, 3]
-    along_axis = depth / directions_norm  # [rays, 1]
+    """Unnormalised directions of the camera's rays through the centres of each block's per_side x per_side
+    sub-blocks, on the scale of the block ray's own (`directions * directions_norm`, as nerfstudio generates it):
+    a point at distance t along the block ray and the point at t * |sub| / directions_norm along a sub-block ray lie
+    at the same distance from the camera along its optical axis."""
+    offsets = block_offsets(per_side, block, device=directions.device).to(directions.dtype)  # [k, 2]
     shift = offsets[None, :, 0:1] * axes[:, None, :3] + offsets[None, :, 1:2] * axes[:, None, 3:]  # [rays, k, 3]
-    return centre[:, None, :] + along_axis[:, None, :] * shift
+    return (directions * directions_norm)[:, None, :] + shift
