@@ -202,11 +202,13 @@ r32_guided() { train r32_guided relsnerf-r32 $GUIDED; }
 # shellcheck disable=SC2086
 r32_unguided() { train r32_unguided relsnerf-r32 $UNGUIDED; }
 
-# Surface guidance: the same maps plus the colour field's colour and density at 4x4 points of each block, on the
-# surface its latent ray hits (--pipeline.model.decoder-guidance rgb-depth-surface).
+# Surface guidance: the same maps plus the colour NeRF on 4x4 sub-block rays of each block, composited from the
+# latent ray's samples of highest weight (--pipeline.model.decoder-guidance rgb-depth-surface).
 SURFACE="--pipeline.model.decoder-guidance rgb-depth-surface"
 # shellcheck disable=SC2086
 tinyB_surface() { tiny_b tinyB_surface $SURFACE; }
+# shellcheck disable=SC2086
+tinyB_surface_16() { tiny_b tinyB_surface_16 $SURFACE --pipeline.model.surface-samples 16; }
 # shellcheck disable=SC2046,SC2086
 tiny_surface_c_short() {
     tinyB_surface
@@ -230,7 +232,8 @@ VARIANTS=("$@")
     r32_c_large_crops tiny_four_patches tiny_lz_tenth r32_c_paper tiny_paper_recipe tinyB_centred_targets
     tiny_centred_targets_c_anywhere tiny_centred_targets_c_paper tinyB_compiled tinyB_interpolated_targets tinyB_paper_b
     tinyB_guided tiny_guided_c_short tinyB_unguided tiny_unguided_c_short r32_guided r32_unguided tinyB_surface
-    tiny_surface_c_short r32_surface tinyB_guided_decoder_rate tinyB_surface_decoder_rate)
+    tiny_surface_c_short r32_surface tinyB_guided_decoder_rate tinyB_surface_decoder_rate
+    tinyB_surface_16)
 for variant in "${VARIANTS[@]}"; do "$variant"; done
 
 python3 - "$OUT" <<'EOF'
