@@ -403,3 +403,27 @@ def test_a_checkpoint_with_the_adapter_in_the_decoder_group_resumes_with_its_mom
     resumed.pipeline.train()
     for step in range(3, 6):
         resumed.train_iteration(step)
+
+
+def test_surface_samples_below_one_are_refused_with_the_flag_named():
+    config = copy.deepcopy(relsnerf_r32.config.pipeline.model)
+    for k, v in TINY_MODEL.items():
+        setattr(config, k, v)
+    for k, v in TINY_AE["relsnerf-r32"].items():
+        setattr(config.autoencoder, k, v)
+    config.decoder_guidance = SURFACE
+    config.surface_samples = 0
+    scene_box = SceneBox(aabb=torch.tensor([[-1.5, -1.5, -1.5], [1.5, 1.5, 1.5]]))
+    with pytest.raises(ValueError, match="--pipeline.model.surface-samples must be at least 1.*got 0"):
+        config.setup(scene_box=scene_box, num_train_data=4, metadata={}, device="cpu")
+
+
+@pytest.mark.parametrize("count", [1, 3, 16])
+def test_each_sub_block_ray_composites_the_configured_number_of_the_latent_rays_samples(count):
+    model = guided_model(SURFACE)
+    model.eval()
+    model.config.surface_samples = count  # 16: all of the tiny model's samples
+    inputs = model.decoder_input_map(rendered_maps(model))
+    torch.testing.assert_close(
+        inputs[..., 13:], reference_surface_channels(model, camera(), 3, 4, count), atol=1e-4, rtol=1e-4
+    )

@@ -300,6 +300,11 @@ class RelsNerfModel(OfflineNerfactoModel):
                 "--pipeline.model.latent-target-phases (targets averaged over offsets) are two alternatives: set one "
                 f"of them to 1 (got {self.config.latent_target_offsets} and {self.config.latent_target_phases})"
             )
+        if self.config.surface_samples < 1:
+            raise ValueError(
+                "--pipeline.model.surface-samples must be at least 1 (how many of a latent ray's samples each "
+                f"sub-block ray of surface guidance composites), got {self.config.surface_samples}"
+            )
         self.config.implementation = resolve_implementation(self.config.implementation)
         self.autoencoder = self.config.autoencoder.setup()
         # Its random initialisation draws from a forked generator: the rest of the model, and every random number of
@@ -595,6 +600,8 @@ class RelsNerfModel(OfflineNerfactoModel):
             deltas=sub_ends - sub_starts,
         )
         field_outputs = self.field.forward(sub_samples)
+        # Compositing the chosen samples alone treats the gaps between them as empty space: they are where the latent
+        # ray's weights are low, i.e. little density that the sub-block ray would have crossed.
         sub_weights = sub_samples.get_weights(field_outputs[FieldHeadNames.DENSITY])
         accumulation = sub_weights.sum(dim=-2)
         # Normalised: a sub-block ray whose surface lies partly outside the chosen samples still gets its colour;
