@@ -31,11 +31,11 @@ from .conftest import TINY_AE, TINY_MODEL, camera, phase_losses, reached_groups,
 from .test_joint_pass import joint_batch
 
 
-def guided_model(kind: str = "rgb-depth", seed: int = 0):
-    """The conftest `model` (a tiny relsnerf-r32 on the CPU) with decoder guidance."""
+def guided_model(kind: str = "rgb-depth", seed: int = 0, **options):
+    """The conftest `model` (a tiny relsnerf-r32 on the CPU) with decoder guidance and any other model `options`."""
     torch.manual_seed(seed)
     config = copy.deepcopy(relsnerf_r32.config.pipeline.model)
-    for k, v in TINY_MODEL.items():
+    for k, v in {**TINY_MODEL, **options}.items():
         setattr(config, k, v)
     for k, v in TINY_AE["relsnerf-r32"].items():
         setattr(config.autoencoder, k, v)
@@ -333,17 +333,23 @@ def test_the_recipe_chooses_the_guidance_unless_the_flag_is_set():
     assert config.decoder_guidance_kind() == "rgb"
 
 
-def test_a_run_trained_without_guidance_resumes_with_it_and_trains_the_adapter(scene, tmp_path, capsys):
-    old = tiny_config("relsnerf-r32", scene, tmp_path / "old", steps=(1, 3, 2))
-    old.pipeline.model.decoder_guidance = "none"
-    old.steps_per_save = 2
-    old.save_only_latest_checkpoint = False
-    first = old.setup(local_rank=0, world_size=1)
-    first.setup()
+def checkpoint_in_phase_b(scene, tmp_path, guidance=None):
+    """A tiny relsnerf-r32 run (A/B/C = 1/3/2 steps) trained 3 steps, saved at step 2 (phase B): (trainer, path)."""
+    config = tiny_config("relsnerf-r32", scene, tmp_path / "old", steps=(1, 3, 2))
+    if guidance is not None:
+        config.pipeline.model.decoder_guidance = guidance
+    config.save_only_latest_checkpoint = False
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
     for step in range(3):
-        first.train_iteration(step)
-    first.save_checkpoint(2)
-    saved = torch.load(first.checkpoint_dir / "step-000000002.ckpt", map_location="cpu", weights_only=True)
+        trainer.train_iteration(step)
+    trainer.save_checkpoint(2)
+    return trainer, trainer.checkpoint_dir / "step-000000002.ckpt"
+
+
+def test_a_run_trained_without_guidance_resumes_with_it_and_trains_the_adapter(scene, tmp_path, capsys):
+    first, path = checkpoint_in_phase_b(scene, tmp_path, guidance="none")
+    saved = torch.load(path, map_location="cpu", weights_only=True)
     decoder_params = len(saved["optimizers"]["ae_decoder"]["param_groups"][0]["params"])
 
     resumed_config = tiny_config("relsnerf-r32", scene, tmp_path / "new", steps=(1, 3, 2))
@@ -371,14 +377,7 @@ def test_a_checkpoint_with_the_adapter_in_the_decoder_group_resumes_with_its_mom
     scene, tmp_path
 ):
     # Older versions trained the adapter in the decoder's group, after the decoder's parameters.
-    config = tiny_config("relsnerf-r32", scene, tmp_path / "old", steps=(1, 3, 2))
-    config.save_only_latest_checkpoint = False
-    first = config.setup(local_rank=0, world_size=1)
-    first.setup()
-    for step in range(3):
-        first.train_iteration(step)
-    first.save_checkpoint(2)
-    path = first.checkpoint_dir / "step-000000002.ckpt"
+    first, path = checkpoint_in_phase_b(scene, tmp_path)
     saved = torch.load(path, map_location="cpu", weights_only=True)
     decoder, guidance = saved["optimizers"]["ae_decoder"], saved["optimizers"].pop("decoder_guidance")
     saved["schedulers"].pop("decoder_guidance")
@@ -406,16 +405,8 @@ def test_a_checkpoint_with_the_adapter_in_the_decoder_group_resumes_with_its_mom
 
 
 def test_surface_samples_below_one_are_refused_with_the_flag_named():
-    config = copy.deepcopy(relsnerf_r32.config.pipeline.model)
-    for k, v in TINY_MODEL.items():
-        setattr(config, k, v)
-    for k, v in TINY_AE["relsnerf-r32"].items():
-        setattr(config.autoencoder, k, v)
-    config.decoder_guidance = SURFACE
-    config.surface_samples = 0
-    scene_box = SceneBox(aabb=torch.tensor([[-1.5, -1.5, -1.5], [1.5, 1.5, 1.5]]))
     with pytest.raises(ValueError, match="--pipeline.model.surface-samples must be at least 1.*got 0"):
-        config.setup(scene_box=scene_box, num_train_data=4, metadata={}, device="cpu")
+        guided_model(SURFACE, surface_samples=0)
 
 
 @pytest.mark.parametrize("count", [1, 3, 16])

@@ -25,7 +25,6 @@ import torch
 from nerfstudio.utils.eval_utils import eval_setup
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
-from relsnerf_ns.model.decoder_guidance import surface_image
 from relsnerf_ns.model.latent_targets import LATENT_DOWNSCALE, phase_averaged_encoding
 
 
@@ -44,7 +43,8 @@ def view_figures(model, dataset, index: int, phases: int) -> tuple:
     encoding = model.autoencoder.encode(image)
     averaged = phase_averaged_encoding(model.autoencoder.encode, image, phases)
     rows, cols = encoding.shape[-2:]
-    field = model.render_latent_frame(camera)["latent"][:rows, :cols]
+    low = model.render_latent_frame(camera)
+    field = low["latent"][:rows, :cols]
     reference = encoding[0].permute(1, 2, 0)
 
     def decoded(latent: torch.Tensor) -> torch.Tensor:
@@ -59,13 +59,11 @@ def view_figures(model, dataset, index: int, phases: int) -> tuple:
     )
     if not model.decoder_guidance.needs_surface:
         return figures
-    low = model.render_latent_frame(camera)
     inputs = model.decoder_input_map(low).permute(2, 0, 1)[None]
     n = model.autoencoder.latent_channels
     guidance = inputs[:, n:]
-    surface = surface_image(guidance[:, -model.decoder_guidance.surface_channels :])
     size = (inputs.shape[-2] * LATENT_DOWNSCALE, inputs.shape[-1] * LATENT_DOWNSCALE)
-    surface = torch.nn.functional.interpolate(surface, size=size, mode="bilinear", align_corners=False)
+    surface = model.decoder_guidance.upsampled_surface_image(guidance, size)
     unrefined = model.autoencoder.decode(inputs[:, :n] + model.decoder_guidance(guidance))
     return figures + (
         psnr(surface[0].permute(1, 2, 0)[:height, :width], target),

@@ -155,9 +155,15 @@ class DecoderGuidance(nn.Module):
         the image unchanged otherwise)."""
         if self.refiner is None:
             return decoded
-        surface = surface_image(guidance[:, -self.surface_channels :])  # the surface channels come last
-        surface = F.interpolate(surface, size=decoded.shape[-2:], mode="bilinear", align_corners=False)
+        surface = self.upsampled_surface_image(guidance, decoded.shape[-2:])
         return decoded + self.refiner(torch.cat([decoded, surface.to(decoded.dtype)], dim=1))
+
+    def upsampled_surface_image(
+        self, guidance: Float[Tensor, "batch G h w"], size: Tuple[int, int]
+    ) -> Float[Tensor, "batch 3 H W"]:
+        """The sub-block rays' colours as an image, bilinearly upsampled to `size`: what the refiner reads."""
+        surface = surface_image(guidance[:, -self.surface_channels :])  # the surface channels come last
+        return F.interpolate(surface, size=tuple(size), mode="bilinear", align_corners=False)
 
 
 def surface_image(surface: Float[Tensor, "batch S h w"]) -> Float[Tensor, "batch 3 h*k w*k"]:
