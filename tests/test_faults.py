@@ -136,6 +136,27 @@ def test_with_a_grad_scaler_its_skipped_steps_count_and_a_nonfinite_loss_keeps_t
     assert [p.name for p in trainer.checkpoint_dir.glob("*.ckpt")] == ["step-000000000.ckpt"]
 
 
+def test_a_finite_step_under_a_grad_scaler_applies_the_unscaled_update_and_steps_the_schedulers(scene, tmp_path):
+    """The guard replaces the scaler's per-group step (and its host waits): a finite step updates every group as
+    without a scaler (a power-of-two scale unscales exactly), steps the schedulers and counts towards the scale's
+    growth."""
+    states = []
+    for scaler in (None, torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=1)):
+        torch.manual_seed(0)  # the same initial weights and batches in both runs
+        trainer = make_trainer(scene, tmp_path / str(scaler is None), (2, 2, 0))
+        if scaler is not None:
+            trainer.grad_scaler = scaler
+        trainer.pipeline.train()
+        trainer.train_iteration(0)
+        trainer.train_iteration(2)  # phase B
+        states.append(training_state(trainer))
+    plain, scaled = states
+    assert scaled["scale"] == 1024.0 * 4  # grown after each of the two finite steps (growth_interval 1)
+    assert scaled["schedulers"] == plain["schedulers"] and max(plain["schedulers"].values()) > 0
+    for key, value in plain["parameters"].items():
+        torch.testing.assert_close(scaled["parameters"][key], value, rtol=1e-6, atol=1e-7, msg=lambda m: f"{key}: {m}")
+
+
 @pytest.fixture(scope="module")
 def saver(scene, tmp_path_factory):
     """One tiny trainer for the checkpoint-writing tests; each points it at a checkpoint folder of its own."""

@@ -329,7 +329,10 @@ class RelsNerfTrainer(Trainer):
                 max_norm = self.optimizers.config[group]["optimizer"].max_norm
                 if max_norm is not None:
                     torch.nn.utils.clip_grad_norm_(self.optimizers.parameters[group], max_norm)
-                self.grad_scaler.step(self.optimizers.optimizers[group])
+                # The guard has seen every gradient finite, so the scaler's step would step the optimizer and do
+                # nothing else; it would first wait for the device to read its own inf flag (one host wait per
+                # group), which a host-bound step cannot afford.
+                self.optimizers.optimizers[group].step()
         if self.config.log_gradients:
             total_grad = 0
             for tag, value in self.pipeline.model.named_parameters():
@@ -338,10 +341,11 @@ class RelsNerfTrainer(Trainer):
                     metrics_dict[f"Gradients/{tag}"] = grad  # type: ignore
                     total_grad += grad
             metrics_dict["Gradients/Total"] = total_grad  # type: ignore
-        scale = self.grad_scaler.get_scale()
+        # On the device, from the inf flags of the unscale above (all zero): the scale grows on schedule. nerfstudio
+        # steps the schedulers unless the scaler lowered its scale, which it cannot have done here; reading the scale
+        # back to check would be two more host waits.
         self.grad_scaler.update()
-        if scale <= self.grad_scaler.get_scale():  # as nerfstudio: no scheduler step when the scaler skipped one
-            self.optimizers.scheduler_step_all(step)
+        self.optimizers.scheduler_step_all(step)
         self._nonfinite_streak = 0  # addition 3: the step counts as completed
         self._last_completed_step = step
         return _for_logging(loss, loss_dict, metrics_dict)
