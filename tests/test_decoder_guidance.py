@@ -55,33 +55,35 @@ SURFACE = "rgb-depth-surface"
 GUIDED_KINDS = ["rgb-depth", SURFACE]
 
 
-def sub_block_rays(cam, top: int, left: int, rows: int, cols: int):
-    """Rays of nerfstudio's own through the centres of the 2x2-pixel sub-blocks of each 8x8 block: [rays, 16]."""
-    coords = block_centre_coords(top, left, rows, cols).reshape(-1, 1, 2) + block_offsets(4)[None, :, [1, 0]]
+def sub_block_rays(cam, top: int, left: int, rows: int, cols: int, per_side: int = 4):
+    """Rays of nerfstudio's own through the centres of the per_side x per_side sub-blocks of each 8x8 block:
+    [rays, per_side^2]."""
+    coords = block_centre_coords(top, left, rows, cols).reshape(-1, 1, 2) + block_offsets(per_side)[None, :, [1, 0]]
     indices = torch.zeros(*coords.shape[:2], 1, dtype=torch.long)
     return cam.generate_rays(camera_indices=indices, coords=coords)
 
 
-def test_sub_block_ray_directions_are_nerfstudios_rays_through_the_sub_block_centres():
+@pytest.mark.parametrize("per_side", [2, 4])
+def test_sub_block_ray_directions_are_nerfstudios_rays_through_the_sub_block_centres(per_side):
     cam = camera()
-    rows, cols = 3, 4
+    rows, cols, k = 3, 4, per_side**2
     rays = latent_ray_bundle(cam, 0, 8, 16, rows, cols).flatten()
     norm = rays.metadata["directions_norm"]
-    sub = block_sub_ray_directions(rays.directions, norm, rays.metadata["pixel_axes"], 4)
-    assert sub.shape == (rows * cols, 16, 3)
-    reference = sub_block_rays(cam, 8, 16, rows, cols)
+    sub = block_sub_ray_directions(rays.directions, norm, rays.metadata["pixel_axes"], per_side)
+    assert sub.shape == (rows * cols, k, 3)
+    reference = sub_block_rays(cam, 8, 16, rows, cols, per_side)
     torch.testing.assert_close(sub / sub.norm(dim=-1, keepdim=True), reference.directions, atol=1e-5, rtol=1e-5)
     # A distance t along the block ray and t * |sub| / norm along a sub-block ray: the same distance along the axis.
     forward = -cam.camera_to_worlds[0, :, 2]
     t = 1.0 + 2.0 * torch.rand(len(rays), 1)
     block_point = (t * rays.directions) @ forward
     sub_point = ((t / norm)[:, None, :] * sub) @ forward
-    torch.testing.assert_close(sub_point, block_point[:, None].expand(-1, 16), atol=1e-5, rtol=1e-5)
-    # The 16 sub-block directions average to the block ray's own.
+    torch.testing.assert_close(sub_point, block_point[:, None].expand(-1, k), atol=1e-5, rtol=1e-5)
+    # The sub-block directions average to the block ray's own.
     torch.testing.assert_close(sub.mean(dim=1), rays.directions * norm, atol=1e-6, rtol=1e-5)
 
 
-def reference_surface_channels(model, cam, rows, cols, count):
+def reference_surface_channels(model, cam, rows, cols, count, per_side=4):
     """The surface channels computed from nerfstudio's own sub-block rays, independently of the model's code."""
     rays = latent_ray_bundle(cam, 0, 8, 16, rows, cols).flatten()
     rays = model.collider(rays) if model.collider is not None else rays
@@ -91,10 +93,10 @@ def reference_surface_channels(model, cam, rows, cols, count):
     chosen = torch.topk(weights[..., 0], count, dim=-1).indices.sort(dim=-1).values
     forward = -cam.camera_to_worlds[0, :, 2]
     along_axis = (rays.directions @ forward)[:, None]  # per unit of distance along the block ray
-    reference = sub_block_rays(cam, 8, 16, rows, cols)  # [rays, 16]
-    per_unit = (reference.directions @ forward)[..., None]  # [rays, 16, 1]
+    reference = sub_block_rays(cam, 8, 16, rows, cols, per_side)  # [rays, k]
+    per_unit = (reference.directions @ forward)[..., None]  # [rays, k, 1]
     channels = []
-    for point in range(16):
+    for point in range(per_side**2):
         starts = samples.frustums.starts[..., 0].gather(-1, chosen) * along_axis / per_unit[:, point]
         ends = samples.frustums.ends[..., 0].gather(-1, chosen) * along_axis / per_unit[:, point]
         shape = starts.shape
@@ -115,7 +117,7 @@ def reference_surface_channels(model, cam, rows, cols, count):
         accumulation = w.sum(dim=-2)
         rgb = (w * field[FieldHeadNames.RGB]).sum(dim=-2) / accumulation.clamp_min(1e-3)
         channels.append(torch.cat([rgb, accumulation], dim=-1))
-    return torch.stack(channels, dim=1).reshape(rows, cols, 64)
+    return torch.stack(channels, dim=1).reshape(rows, cols, 4 * per_side**2)
 
 
 @pytest.mark.parametrize("kind, channels", [("none", 0), ("rgb", 3), ("rgb-depth", 5), (SURFACE, 5 + 64)])
@@ -144,18 +146,19 @@ def test_decoder_input_map_appends_the_guidance_channels(kind, channels):
     assert len(list(model.decoder_guidance.parameters())) == {0: 0, 3: 6, 5: 6, 69: 10}[channels]
 
 
-def test_the_surface_image_puts_each_point_under_its_sub_block():
-    rows, cols, k = 2, 3, 4
+@pytest.mark.parametrize("k", [2, 4])
+def test_the_surface_image_puts_each_point_under_its_sub_block(k):
+    rows, cols = 2, 3
     # Channel (point * 4 + c) of block (r, c0) holds a code of (r, c0, point, c): colour channels 0-2, density 3.
-    codes = torch.zeros(1, 64, rows, cols)
+    codes = torch.zeros(1, 4 * k * k, rows, cols)
     for r in range(rows):
         for col in range(cols):
-            for point in range(16):
+            for point in range(k * k):
                 for c in range(4):
                     codes[0, point * 4 + c, r, col] = 1000 * r + 100 * col + 4 * point + c
-    image = surface_image(codes)
+    image = surface_image(codes, k)
     assert image.shape == (1, 3, rows * k, cols * k)
-    for y, x in [(0, 0), (5, 2), (7, 11), (3, 9)]:
+    for y, x in [(0, 0), (rows * k - 1, 2), (rows * k - 1, cols * k - 1), (3, cols * k - 3)]:
         r, i, col, j = y // k, y % k, x // k, x % k
         point = i * k + j  # row-major over the block, as block_offsets orders them
         for c in range(3):
@@ -409,12 +412,19 @@ def test_surface_samples_below_one_are_refused_with_the_flag_named():
         guided_model(SURFACE, surface_samples=0)
 
 
-@pytest.mark.parametrize("count", [1, 3, 16])
-def test_each_sub_block_ray_composites_the_configured_number_of_the_latent_rays_samples(count):
-    model = guided_model(SURFACE)
+@pytest.mark.parametrize("count, per_side", [(1, 4), (3, 4), (16, 4), (3, 2)])
+def test_each_sub_block_ray_composites_the_configured_number_of_the_latent_rays_samples(count, per_side):
+    model = guided_model(SURFACE, surface_rays_per_side=per_side)
     model.eval()
     model.config.surface_samples = count  # 16: all of the tiny model's samples
     inputs = model.decoder_input_map(rendered_maps(model))
+    assert inputs.shape == (3, 4, 8 + 5 + 4 * per_side**2)
     torch.testing.assert_close(
-        inputs[..., 13:], reference_surface_channels(model, camera(), 3, 4, count), atol=1e-4, rtol=1e-4
+        inputs[..., 13:], reference_surface_channels(model, camera(), 3, 4, count, per_side), atol=1e-4, rtol=1e-4
     )
+
+
+@pytest.mark.parametrize("per_side", [3, 16])
+def test_sub_block_rays_that_do_not_tile_the_block_are_refused_with_the_flag_named(per_side):
+    with pytest.raises(ValueError, match=f"--pipeline.model.surface-rays-per-side must divide.*got {per_side}"):
+        guided_model(SURFACE, surface_rays_per_side=per_side)

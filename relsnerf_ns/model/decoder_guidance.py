@@ -9,18 +9,18 @@ before decoding: D(z + A(g)). The adapter's last layer starts at zero (ControlNe
 untrained adapter leaves the decoder exactly as phase A (or the pretrained weights) left it, and it is trained with
 the decoder in phases B and C. Nothing of it reaches the NeRF: the guidance maps are detached.
 
-`rgb-depth-surface` adds what one ray per block cannot give: the colour NeRF on the rays through the centres of
-SURFACE_POINTS_PER_SIDE^2 sub-blocks of each block (2x2 pixels each), composited from the latent ray's own samples
-of highest weight, moved onto each sub-block ray at the same distance from the camera (`RelsNerfModel.
-surface_guidance`). Each such sample is one evaluation of the colour field, without proposal sampling. Where a
-sub-block ray's surface lies outside those depths (an occlusion edge inside the block), its accumulation stays low,
-and the adapter sees that. A single point per sub-block ray (on the plane through the latent ray's median depth, the
-first version) gave a surface image of 19.0 dB on the demo scene, where the colour NeRF at half resolution gives 28.0
-and 16 composited samples 27.2 (docs/method.md). The sub-block colours also reach the decoded image directly, as
-latentSplat's skip connections do: laid out as an image at 1/2 resolution and upsampled, they go with the decoded
-image through a small full-resolution refiner whose correction, zero until trained, is added to it:
-D(z + A(g)) + R(D(z + A(g)), S). Detail the latent map cannot hold then has a path that does not go through the
-autoencoder's latent space.
+`rgb-depth-surface` adds what one ray per block cannot give: the colour NeRF on the rays through the centres of k x k
+sub-blocks of each block (k = `--pipeline.model.surface-rays-per-side`, 4 by default: 2x2 pixels each), composited from
+the latent ray's own samples of highest weight, moved onto each sub-block ray at the same distance from the camera
+(`RelsNerfModel.surface_guidance`). Each such sample is one evaluation of the colour field, without proposal sampling.
+Where a sub-block ray's surface lies outside those depths (an occlusion edge inside the block), its accumulation stays
+low, and the adapter sees that. A single point per sub-block ray (on the plane through the latent ray's median depth,
+the first version) gave a surface image of 19.0 dB on the demo scene, where the colour NeRF at half resolution gives
+28.0 and 16 composited samples 27.2 (docs/method.md). The sub-block colours also reach the decoded image directly, as
+latentSplat's skip connections do: laid out as an image at k/8 of the resolution and upsampled, they go with the decoded
+image through a small full-resolution refiner whose correction, zero until trained, is added to it: D(z + A(g)) +
+R(D(z+A(g)), S). Detail the latent map cannot hold then has a path that does not go through the autoencoder's latent
+space.
 
 In code, a "decoder input map" is the latent map with the guidance channels appended, channels last:
 [..., rows, cols, n + G]. Everything that carries latent maps to the decoder (phase B's patches, phase C's cached
@@ -39,7 +39,9 @@ from torch import Tensor, nn
 DecoderGuidanceKind = Literal["none", "rgb", "rgb-depth", "rgb-depth-surface"]
 
 SURFACE_POINTS_PER_SIDE = 4
-"""Surface guidance renders this many sub-block rays per side of each 8x8 block (2x2-pixel spacing)."""
+"""Surface guidance's default number of sub-block rays per side of each 8x8 block (2x2-pixel spacing)."""
+BLOCK = 8
+"""Pixels per side of the block that one latent ray covers."""
 
 SURFACE_CHANNELS_PER_POINT = 4
 """Colour (3) and accumulation of each sub-block ray."""
@@ -48,11 +50,17 @@ GUIDANCE_CHANNELS: Dict[str, Tuple[str, ...]] = {
     "none": (),
     "rgb": ("rgb",) * 3,
     "rgb-depth": ("rgb",) * 3 + ("log_depth", "accumulation"),
-    "rgb-depth-surface": ("rgb",) * 3
-    + ("log_depth", "accumulation")
-    + ("surface",) * (SURFACE_CHANNELS_PER_POINT * SURFACE_POINTS_PER_SIDE**2),
+    "rgb-depth-surface": ("rgb",) * 3 + ("log_depth", "accumulation"),  # + the sub-block rays' (guidance_channels)
 }
-"""Which rendered quantity each guidance channel holds, per kind."""
+"""Which rendered quantity each guidance channel holds, per kind, before the sub-block rays' channels."""
+
+
+def guidance_channels(kind: str, surface_rays_per_side: int = SURFACE_POINTS_PER_SIDE) -> Tuple[str, ...]:
+    """Which rendered quantity each guidance channel of `kind` holds (69 channels for surface guidance with 4x4
+    sub-block rays: 5 + 16 x 4)."""
+    surface = ("surface",) * (SURFACE_CHANNELS_PER_POINT * surface_rays_per_side**2) if kind.endswith("surface") else ()
+    return GUIDANCE_CHANNELS[kind] + surface
+
 
 REFINER_CHANNELS = 32
 """Width of surface guidance's full-resolution refiner."""
@@ -71,16 +79,29 @@ class DecoderGuidance(nn.Module):
         kind: which rendered maps guide the decoder ("none" builds no layers and adds nothing).
         latent_channels: n, the autoencoder's latent channels.
         hidden_channels: width of the adapter's hidden layers (HIDDEN_CHANNELS[kind] when not given).
+        surface_rays_per_side: surface guidance's sub-block rays per side of a block (1, 2, 4 or 8).
     """
 
-    def __init__(self, kind: DecoderGuidanceKind, latent_channels: int, hidden_channels: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        kind: DecoderGuidanceKind,
+        latent_channels: int,
+        hidden_channels: Optional[int] = None,
+        surface_rays_per_side: int = SURFACE_POINTS_PER_SIDE,
+    ) -> None:
         super().__init__()
         if kind not in GUIDANCE_CHANNELS:
             raise ValueError(
                 f"--pipeline.model.decoder-guidance must be one of {', '.join(GUIDANCE_CHANNELS)}, got {kind!r}"
             )
+        if surface_rays_per_side not in (1, 2, 4, 8):  # sub-blocks of a whole number of pixels
+            raise ValueError(
+                "--pipeline.model.surface-rays-per-side must divide the 8-pixel block evenly (1, 2, 4 or 8), got "
+                f"{surface_rays_per_side}"
+            )
         self.kind = kind
-        self.channels = len(GUIDANCE_CHANNELS[kind])
+        self.surface_rays_per_side = surface_rays_per_side
+        self.channels = len(guidance_channels(kind, surface_rays_per_side))
         self.latent_channels = latent_channels
         self.adapter = None
         if self.channels:
@@ -95,7 +116,7 @@ class DecoderGuidance(nn.Module):
                 nn.ReLU(),
                 last,
             )
-        self.surface_channels = GUIDANCE_CHANNELS[kind].count("surface")
+        self.surface_channels = guidance_channels(kind, surface_rays_per_side).count("surface")
         self.refiner = None
         if self.surface_channels:
             # Full resolution, so kept small: two 3x3 convolutions over the decoded image and the surface image.
@@ -131,7 +152,7 @@ class DecoderGuidance(nn.Module):
             if surface is None:
                 raise ValueError(f"decoder guidance {self.kind!r} needs the sub-block rays' colours and accumulations")
             parts["surface"] = surface.detach()
-        names = GUIDANCE_CHANNELS[self.kind]
+        names = guidance_channels(self.kind, self.surface_rays_per_side)
         used = [parts[name] for name in dict.fromkeys(names)]  # each quantity once, in channel order
         if not used:
             return rgb.new_zeros(*rgb.shape[:-1], 0)
@@ -162,16 +183,24 @@ class DecoderGuidance(nn.Module):
         self, guidance: Float[Tensor, "batch G h w"], size: Tuple[int, int]
     ) -> Float[Tensor, "batch 3 H W"]:
         """The sub-block rays' colours as an image, bilinearly upsampled to `size`: what the refiner reads."""
-        surface = surface_image(guidance[:, -self.surface_channels :])  # the surface channels come last
+        # The surface channels come last.
+        surface = surface_image(guidance[:, -self.surface_channels :], self.surface_rays_per_side)
         return F.interpolate(surface, size=tuple(size), mode="bilinear", align_corners=False)
 
 
-def surface_image(surface: Float[Tensor, "batch S h w"]) -> Float[Tensor, "batch 3 h*k w*k"]:
-    """The sub-block rays' colours as an image: ray (i, j) of block (r, c) at pixel (k r + i, k c + j)."""
+def surface_image(
+    surface: Float[Tensor, "batch S h w"], k: int = SURFACE_POINTS_PER_SIDE
+) -> Float[Tensor, "batch 3 h*k w*k"]:
+    """The k x k sub-block rays' colours as an image: ray (i, j) of block (r, c) at pixel (k r + i, k c + j)."""
     batch, _, rows, cols = surface.shape
-    k = SURFACE_POINTS_PER_SIDE
     points = surface.reshape(batch, k, k, SURFACE_CHANNELS_PER_POINT, rows, cols)[:, :, :, :3]  # [b, i, j, 3, r, c]
     return points.permute(0, 3, 4, 1, 5, 2).reshape(batch, 3, rows * k, cols * k)
 
 
-__all__ = ["GUIDANCE_CHANNELS", "SURFACE_POINTS_PER_SIDE", "DecoderGuidance", "DecoderGuidanceKind"]
+__all__ = [
+    "GUIDANCE_CHANNELS",
+    "guidance_channels",
+    "SURFACE_POINTS_PER_SIDE",
+    "DecoderGuidance",
+    "DecoderGuidanceKind",
+]

@@ -181,15 +181,19 @@ class RelsNerfModelConfig(NerfactoModelConfig):
     decoder_guidance: Optional[DecoderGuidanceKind] = None
     """Beyond the paper: what the decoder sees besides the latent map. 'none': the latent map alone, D(z), as in the
     paper. 'rgb': also the colour NeRF's colour on the latent rays; 'rgb-depth': also their log depth and
-    accumulation; 'rgb-depth-surface': also the colour NeRF on 4x4 sub-block rays of each 8x8 block, composited from
-    the latent ray's samples of highest weight (--pipeline.model.surface-samples). The maps pass through a small
+    accumulation; 'rgb-depth-surface': also the colour NeRF on sub-block rays of each 8x8 block
+    (--pipeline.model.surface-rays-per-side), composited from the latent ray's samples of highest weight
+    (--pipeline.model.surface-samples). The maps pass through a small
     convolutional adapter whose output, zero until trained, is added to the latent map (D(z + A(g))), and are
     detached (L_p still never reaches the colour NeRF). None takes the recipe's: 'rgb-depth' for 'relsnerf', 'none'
     for 'paper'. relsnerf_ns/model/decoder_guidance.py says why; docs/method.md gives the measured effect."""
     surface_samples: int = 8
-    """Surface guidance: how many of a latent ray's samples, those of highest weight, each of its block's 4x4
-    sub-block rays composites (one field evaluation each; no proposal sampling). More costs decoded-frame time and
-    catches more of a block's depth range."""
+    """Surface guidance: how many of a latent ray's samples, those of highest weight, each of its block's sub-block
+    rays composites (one field evaluation each; no proposal sampling). More costs decoded-frame time and catches
+    more of a block's depth range."""
+    surface_rays_per_side: int = SURFACE_POINTS_PER_SIDE
+    """Surface guidance: sub-block rays per side of each 8x8 block (1, 2, 4 or 8): 4 renders the colour NeRF at 1/2
+    resolution, 2 at 1/4 (a quarter of the field evaluations). Each costs surface-samples evaluations."""
     rgb_nerf_full_resolution: bool = False
     """get_outputs_for_camera renders `rgb_nerf` with one ray per pixel (slow, like nerfacto). When False it is the
     colour NeRF composited on the latent rays (1/8 resolution) and upsampled; evaluation always renders it in full."""
@@ -311,7 +315,9 @@ class RelsNerfModel(OfflineNerfactoModel):
         # training, are then those of a run without guidance (same seed), so the two compare like for like.
         with torch.random.fork_rng(devices=[]):
             self.decoder_guidance = DecoderGuidance(
-                self.config.decoder_guidance_kind(), self.autoencoder.latent_channels
+                self.config.decoder_guidance_kind(),
+                self.autoencoder.latent_channels,
+                surface_rays_per_side=self.config.surface_rays_per_side,
             )
         super().populate_modules()  # nerfacto's modules, with our field (make_field) and without LPIPS downloads
         if self.config.implementation == "torch" and self.config.hash_grid_kernel == "fused":
@@ -556,10 +562,10 @@ class RelsNerfModel(OfflineNerfactoModel):
     def surface_guidance(
         self, latent_rays: RayBundle, samples: RaySamples, weights: Float[Tensor, "rays samples 1"]
     ) -> Float[Tensor, "rays S"]:
-        """The colour NeRF on the rays through 4x4 sub-blocks of each latent ray's block, composited from the
-        latent ray's `surface_samples` samples of highest weight, moved onto each sub-block ray at the same distance
-        from the camera (no proposal sampling): per sub-block ray, its colour (normalised by its accumulation) and
-        accumulation. The rays need the pixel axes that `latent_ray_bundle` gives them."""
+        """The colour NeRF on the rays through k x k sub-blocks of each latent ray's block (k: surface_rays_per_side),
+        composited from the latent ray's `surface_samples` samples of highest weight, moved onto each sub-block ray at
+        the same distance from the camera (no proposal sampling): per sub-block ray, its colour (normalised by its
+        accumulation) and accumulation. The rays need the pixel axes that `latent_ray_bundle` gives them."""
         metadata = latent_rays.metadata or {}
         missing = [key for key in ("directions_norm", "pixel_axes") if key not in metadata]
         if missing:
@@ -573,7 +579,10 @@ class RelsNerfModel(OfflineNerfactoModel):
         ends = samples.frustums.ends[..., 0].gather(-1, chosen)
         norm = metadata["directions_norm"].to(starts)
         sub = block_sub_ray_directions(
-            latent_rays.directions.to(starts), norm, metadata["pixel_axes"].to(starts), SURFACE_POINTS_PER_SIDE
+            latent_rays.directions.to(starts),
+            norm,
+            metadata["pixel_axes"].to(starts),
+            self.decoder_guidance.surface_rays_per_side,
         )  # [rays, k, 3]
         rays, per_ray = sub.shape[:2]
         length = sub.norm(dim=-1, keepdim=True)
