@@ -209,6 +209,9 @@ SURFACE="--pipeline.model.decoder-guidance rgb-depth-surface"
 tinyB_surface() { tiny_b tinyB_surface $SURFACE; }
 # shellcheck disable=SC2086
 tinyB_surface_16() { tiny_b tinyB_surface_16 $SURFACE --pipeline.model.surface-samples 16; }
+# The sub-block rays at 1/4 resolution (2x2 per block): a quarter of the field evaluations.
+# shellcheck disable=SC2086
+tinyB_surface_2x2() { tiny_b tinyB_surface_2x2 $SURFACE --pipeline.model.surface-rays-per-side 2; }
 # shellcheck disable=SC2046,SC2086
 tiny_surface_c_short() {
     tinyB_surface
@@ -233,7 +236,7 @@ VARIANTS=("$@")
     tiny_centred_targets_c_anywhere tiny_centred_targets_c_paper tinyB_compiled tinyB_interpolated_targets tinyB_paper_b
     tinyB_guided tiny_guided_c_short tinyB_unguided tiny_unguided_c_short r32_guided r32_unguided tinyB_surface
     tiny_surface_c_short r32_surface tinyB_guided_decoder_rate tinyB_surface_decoder_rate
-    tinyB_surface_16)
+    tinyB_surface_16 tinyB_surface_2x2)
 for variant in "${VARIANTS[@]}"; do "$variant"; done
 
 python3 - "$OUT" <<'EOF'
