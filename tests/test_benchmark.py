@@ -247,3 +247,31 @@ def test_llff_spiral_circles_the_average_camera():
     assert torch.allclose((view * towards).sum(-1), torch.ones(120), atol=1e-5)
     # Without points the camera axes decide, and parallel axes (forward-facing) fall back to the default depth.
     assert llff_spiral(cameras, cameras[0:1], num_frames=6).focus_source == "default"
+
+
+def test_the_step_benchmark_times_decoded_frames_of_the_model_it_trained(scene, tmp_path, monkeypatch):
+    from relsnerf_ns.benchmark.step import decoded_frame_ms
+
+    from .conftest import tiny_config
+
+    config = tiny_config("relsnerf-r32", scene, tmp_path, (1, 1, 0))
+    config.pipeline.model.decoder_guidance = "rgb-depth-surface"
+    config.pipeline.model.surface_rays_per_side = 2
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    model = trainer.pipeline.model
+    rendered = []
+    render = model.render_decoded_outputs
+    monkeypatch.setattr(model, "render_decoded_outputs", lambda camera: rendered.append(camera) or render(camera))
+    ms = decoded_frame_ms(trainer, "cpu", 2)
+    assert ms is not None and 0 < ms < 60_000
+    assert not model.training
+    # The held-out views (as many as asked for, at most all), warmed up first (the fast path captures a resolution's
+    # graph at its second render).
+    views = trainer.pipeline.datamanager.eval_dataset.cameras
+    timed = rendered[-min(2, len(views)) :]
+    assert len(rendered) >= len(timed) + 3
+    for index, camera in enumerate(timed):
+        torch.testing.assert_close(camera.camera_to_worlds, views[index : index + 1].camera_to_worlds)
+    assert rendered[-1].height.item() == 48 and rendered[-1].width.item() == 64
+    assert decoded_frame_ms(trainer, "cpu", 0) is None

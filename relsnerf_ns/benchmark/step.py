@@ -13,6 +13,7 @@ builds it, and prints:
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import dataclass
@@ -26,7 +27,8 @@ from nerfstudio.utils.rich_utils import CONSOLE
 
 from relsnerf_ns.benchmark.cli import _Training, resolve_device
 from relsnerf_ns.benchmark.models import ModelName, spec
-from relsnerf_ns.evaluation.render_timing import synchronize
+from relsnerf_ns.evaluation.held_out import DECODED, warmup_renders
+from relsnerf_ns.evaluation.render_timing import median_call_ms, synchronize
 from relsnerf_ns.model.decoder_guidance import DecoderGuidanceKind
 
 
@@ -51,6 +53,13 @@ class StepBenchmark(_Training):
     compile in the warm-up steps."""
     decoder_guidance: Optional[DecoderGuidanceKind] = None
     """The model's --pipeline.model.decoder-guidance (None: the method's default)."""
+    surface_rays_per_side: Optional[int] = None
+    """The model's --pipeline.model.surface-rays-per-side (None: its default)."""
+    surface_samples: Optional[int] = None
+    """The model's --pipeline.model.surface-samples (None: its default)."""
+    decoded_frames: int = 3
+    """After training, time this many decoded frames of the held-out views (device-synchronised median, after warm-up
+    renders) in the same process: the rendering cost of what the step trains (0: none)."""
 
 
 def main(options: StepBenchmark) -> Dict[str, object]:
@@ -63,6 +72,10 @@ def main(options: StepBenchmark) -> Dict[str, object]:
     config.pipeline.model.compile_training = options.compile_training
     if options.decoder_guidance is not None:
         config.pipeline.model.decoder_guidance = options.decoder_guidance
+    if options.surface_rays_per_side is not None:
+        config.pipeline.model.surface_rays_per_side = options.surface_rays_per_side
+    if options.surface_samples is not None:
+        config.pipeline.model.surface_samples = options.surface_samples
     trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()
     schedule = trainer.pipeline.schedule
@@ -111,18 +124,37 @@ def main(options: StepBenchmark) -> Dict[str, object]:
         CONSOLE.print(f"phase {phase}: {rate:.1f} steps/s ({1000.0 / rate:.1f} ms per step)")
     if "table" in profiled:
         print(profiled["table"])
+    decoded_ms = decoded_frame_ms(trainer, device, options.decoded_frames)
+    if decoded_ms is not None:
+        CONSOLE.print(f"decoded frame: {decoded_ms:.1f} ms (median of {options.decoded_frames} held-out views)")
     result = {
         "model": options.model,
         "joint_pass": options.joint_pass,
         "compile_training": options.compile_training,
         "mixed_precision": options.mixed_precision,
         "decoder_guidance": config.pipeline.model.decoder_guidance_kind(),
+        "surface_rays_per_side": config.pipeline.model.surface_rays_per_side,
+        "surface_samples": config.pipeline.model.surface_samples,
+        "decoded_ms_per_frame": decoded_ms,
         "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
     }
     result.update({"steps_per_second": rates, "profile_table": profiled.get("table")})
     if options.json_output is not None:
         Path(options.json_output).write_text(json.dumps(result, indent=2))
     return result
+
+
+def decoded_frame_ms(trainer, device: str, frames: int) -> Optional[float]:
+    """Median ms of a decoded frame of the first `frames` held-out views, as ns-eval times them."""
+    if frames <= 0:
+        return None
+    model = trainer.pipeline.model
+    cameras = trainer.pipeline.datamanager.eval_dataset.cameras
+    views = [cameras[i : i + 1].to(model.device) for i in range(min(frames, len(cameras)))]
+    model.eval()
+    with torch.no_grad():
+        calls = [functools.partial(model.render_decoded_outputs, camera) for camera in views]
+        return median_call_ms(calls, device, warmup=max(len(calls), warmup_renders(DECODED)))
 
 
 def entrypoint() -> None:
