@@ -9,7 +9,9 @@ trained without guidance."""
 from __future__ import annotations
 
 import copy
+import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -428,3 +430,22 @@ def test_each_sub_block_ray_composites_the_configured_number_of_the_latent_rays_
 def test_sub_block_rays_that_do_not_tile_the_block_are_refused_with_the_flag_named(per_side):
     with pytest.raises(ValueError, match=f"--pipeline.model.surface-rays-per-side must divide.*got {per_side}"):
         guided_model(SURFACE, surface_rays_per_side=per_side)
+
+
+def test_surface_guidance_refuses_cameras_that_are_not_pinhole_before_training(scene, tmp_path):
+    fisheye = tmp_path / "fisheye"
+    shutil.copytree(scene, fisheye)
+    transforms = json.loads((fisheye / "transforms.json").read_text())
+    transforms["camera_model"] = "OPENCV_FISHEYE"
+    (fisheye / "transforms.json").write_text(json.dumps(transforms))
+    config = tiny_config("relsnerf-r32", fisheye, tmp_path / "out", (1, 1, 0))
+    config.pipeline.model.decoder_guidance = SURFACE
+    trainer = config.setup(local_rank=0, world_size=1)
+    with pytest.raises(
+        ValueError, match="sub-block rays for pinhole cameras.*include FISHEYE.*decoder-guidance rgb-depth"
+    ):
+        trainer.setup()
+    config.pipeline.model.decoder_guidance = "rgb-depth"  # the other kinds need no pixel axes
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    assert trainer.pipeline.relsnerf_model.decoder_guidance.kind == "rgb-depth"

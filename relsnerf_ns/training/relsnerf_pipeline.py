@@ -14,7 +14,7 @@ from typing import Any, Dict, Iterator, List, Literal, Mapping, Optional, Tuple,
 
 import torch
 import torch.distributed as dist
-from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.cameras.cameras import Cameras, CameraType
 from nerfstudio.data.datamanagers.base_datamanager import DataManagerConfig
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes
 from nerfstudio.models.base_model import ModelConfig
@@ -122,6 +122,7 @@ class RelsNerfPipeline(VanillaPipeline):
                 DDP(self._model, device_ids=[local_rank] if on_gpu else None, find_unused_parameters=True),
             )
             self.barrier()
+        self._check_surface_guidance_cameras()
         # RGBA crops for the latent paths are blended like the model's colour targets.
         self.datamanager.set_alpha_background(self.relsnerf_model.config.background_color)
         self.schedule = config.phases
@@ -139,6 +140,25 @@ class RelsNerfPipeline(VanillaPipeline):
     @property
     def relsnerf_model(self) -> RelsNerfModel:
         return typing.cast(RelsNerfModel, self.model)
+
+    def _check_surface_guidance_cameras(self) -> None:
+        """Surface guidance builds its sub-block rays with a pinhole model (`latent_rays.pixel_axes`): refuse other
+        camera models before training rather than guide the decoder with rays in the wrong directions."""
+        if not self.relsnerf_model.decoder_guidance.needs_surface:
+            return
+        for split in ("train_dataset", "eval_dataset"):
+            dataset = getattr(self.datamanager, split, None)
+            if dataset is None:
+                continue
+            types = {CameraType(int(value)).name for value in dataset.cameras.camera_type.flatten().unique()}
+            others = sorted(types - {CameraType.PERSPECTIVE.name})
+            if others:
+                kind, data = self.relsnerf_model.decoder_guidance.kind, self.datamanager.config.data
+                raise ValueError(
+                    f"--pipeline.model.decoder-guidance {kind} builds its sub-block rays for pinhole cameras, but the "
+                    f"{split.split('_')[0]} cameras of {data} include {', '.join(others)} ones: use "
+                    "--pipeline.model.decoder-guidance rgb-depth, or undistort the images to a pinhole model."
+                )
 
     # ------------------------------------------------------------------ several processes
     @property
