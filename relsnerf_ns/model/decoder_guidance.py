@@ -40,8 +40,6 @@ DecoderGuidanceKind = Literal["none", "rgb", "rgb-depth", "rgb-depth-surface"]
 
 SURFACE_POINTS_PER_SIDE = 4
 """Surface guidance's default number of sub-block rays per side of each 8x8 block (2x2-pixel spacing)."""
-BLOCK = 8
-"""Pixels per side of the block that one latent ray covers."""
 
 SURFACE_CHANNELS_PER_POINT = 4
 """Colour (3) and accumulation of each sub-block ray."""
@@ -58,7 +56,9 @@ GUIDANCE_CHANNELS: Dict[str, Tuple[str, ...]] = {
 def guidance_channels(kind: str, surface_rays_per_side: int = SURFACE_POINTS_PER_SIDE) -> Tuple[str, ...]:
     """Which rendered quantity each guidance channel of `kind` holds (69 channels for surface guidance with 4x4
     sub-block rays: 5 + 16 x 4)."""
-    surface = ("surface",) * (SURFACE_CHANNELS_PER_POINT * surface_rays_per_side**2) if kind.endswith("surface") else ()
+    surface = (
+        ("surface",) * (SURFACE_CHANNELS_PER_POINT * surface_rays_per_side**2) if kind == "rgb-depth-surface" else ()
+    )
     return GUIDANCE_CHANNELS[kind] + surface
 
 
@@ -101,7 +101,8 @@ class DecoderGuidance(nn.Module):
             )
         self.kind = kind
         self.surface_rays_per_side = surface_rays_per_side
-        self.channels = len(guidance_channels(kind, surface_rays_per_side))
+        self.channel_names = guidance_channels(kind, surface_rays_per_side)
+        self.channels = len(self.channel_names)
         self.latent_channels = latent_channels
         self.adapter = None
         if self.channels:
@@ -116,7 +117,7 @@ class DecoderGuidance(nn.Module):
                 nn.ReLU(),
                 last,
             )
-        self.surface_channels = guidance_channels(kind, surface_rays_per_side).count("surface")
+        self.surface_channels = self.channel_names.count("surface")
         self.refiner = None
         if self.surface_channels:
             # Full resolution, so kept small: two 3x3 convolutions over the decoded image and the surface image.
@@ -152,8 +153,7 @@ class DecoderGuidance(nn.Module):
             if surface is None:
                 raise ValueError(f"decoder guidance {self.kind!r} needs the sub-block rays' colours and accumulations")
             parts["surface"] = surface.detach()
-        names = guidance_channels(self.kind, self.surface_rays_per_side)
-        used = [parts[name] for name in dict.fromkeys(names)]  # each quantity once, in channel order
+        used = [parts[name] for name in dict.fromkeys(self.channel_names)]  # each quantity once, in channel order
         if not used:
             return rgb.new_zeros(*rgb.shape[:-1], 0)
         return torch.cat([part.to(rgb.dtype) for part in used], dim=-1)

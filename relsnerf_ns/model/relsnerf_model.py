@@ -183,10 +183,10 @@ class RelsNerfModelConfig(NerfactoModelConfig):
     paper. 'rgb': also the colour NeRF's colour on the latent rays; 'rgb-depth': also their log depth and
     accumulation; 'rgb-depth-surface': also the colour NeRF on sub-block rays of each 8x8 block
     (--pipeline.model.surface-rays-per-side), composited from the latent ray's samples of highest weight
-    (--pipeline.model.surface-samples). The maps pass through a small
-    convolutional adapter whose output, zero until trained, is added to the latent map (D(z + A(g))), and are
-    detached (L_p still never reaches the colour NeRF). None takes the recipe's: 'rgb-depth' for 'relsnerf', 'none'
-    for 'paper'. relsnerf_ns/model/decoder_guidance.py says why; docs/method.md gives the measured effect."""
+    (--pipeline.model.surface-samples). The maps pass through a small convolutional adapter whose output, zero until
+    trained, is added to the latent map (D(z + A(g))), and are detached (L_p still never reaches the colour NeRF).
+    None takes the recipe's: 'rgb-depth' for 'relsnerf', 'none' for 'paper'. relsnerf_ns/model/decoder_guidance.py
+    says why; docs/method.md gives the measured effect."""
     surface_samples: int = 8
     """Surface guidance: how many of a latent ray's samples, those of highest weight, each of its block's sub-block
     rays composites (one field evaluation each; no proposal sampling). More costs decoded-frame time and catches
