@@ -51,6 +51,9 @@ class StepBenchmark(_Training):
     compile_training: bool = False
     """Compile the fields' sample evaluations for training (the model's --pipeline.model.compile-training); they
     compile in the warm-up steps."""
+    captured_joint_step: bool = False
+    """Replay phase B's forward and backward as a CUDA graph (the trainer's --captured-joint-step); it is captured in
+    the warm-up steps."""
     decoder_guidance: Optional[DecoderGuidanceKind] = None
     """The model's --pipeline.model.decoder-guidance (None: the method's default)."""
     surface_rays_per_side: Optional[int] = None
@@ -70,6 +73,7 @@ def main(options: StepBenchmark) -> Dict[str, object]:
     config.steps_per_save = 10**9
     config.pipeline.model.joint_pass = options.joint_pass
     config.pipeline.model.compile_training = options.compile_training
+    config.captured_joint_step = options.captured_joint_step
     if options.decoder_guidance is not None:
         config.pipeline.model.decoder_guidance = options.decoder_guidance
     if options.surface_rays_per_side is not None:
@@ -124,6 +128,12 @@ def main(options: StepBenchmark) -> Dict[str, object]:
         CONSOLE.print(f"phase {phase}: {rate:.1f} steps/s ({1000.0 / rate:.1f} ms per step)")
     if "table" in profiled:
         print(profiled["table"])
+    captured = trainer.captured_step
+    if captured is not None:
+        CONSOLE.print(
+            f"captured phase-B step: {captured.replays} replays, {captured.captures} captures"
+            + (f", {captured.failure}" if captured.failure else "")
+        )
     decoded_ms = decoded_frame_ms(trainer, device, options.decoded_frames)
     if decoded_ms is not None:
         CONSOLE.print(f"decoded frame: {decoded_ms:.1f} ms (median of {options.decoded_frames} held-out views)")
@@ -131,6 +141,7 @@ def main(options: StepBenchmark) -> Dict[str, object]:
         "model": options.model,
         "joint_pass": options.joint_pass,
         "compile_training": options.compile_training,
+        "captured_joint_step": options.captured_joint_step,
         "mixed_precision": options.mixed_precision,
         "decoder_guidance": config.pipeline.model.decoder_guidance_kind(),
         "surface_rays_per_side": config.pipeline.model.surface_rays_per_side,

@@ -205,12 +205,12 @@ class LatentFrameRenderer:
 
     def _capture(self, rays: Dict[str, Tensor]) -> _CapturedFrame:
         device = rays["origins"].device
-        _move_plain_tensors(self.model, device)
+        move_plain_tensors(self.model, device)
         inputs = {name: value.clone() for name, value in rays.items()}
         # Factory calls without a device inside nerfstudio's samplers (torch.linspace(...).to(device)) would copy
         # from host memory during capture, which CUDA forbids: make them allocate on the GPU instead, and serve
         # constant tensors built from Python data (the hash primes of the torch hash grid) from a device cache.
-        with torch.device(device), _DeviceConstants(device):
+        with torch.device(device), DeviceConstants(device):
             side = torch.cuda.Stream(device)
             side.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(side):
@@ -232,7 +232,7 @@ class LatentFrameRenderer:
         return len(self._graphs)
 
 
-class _DeviceConstants(TorchFunctionMode):
+class DeviceConstants(TorchFunctionMode):
     """During warm-up and capture: `torch.tensor(python_data)` returns one cached device tensor per value.
 
     `torch.tensor([...], device="cuda")` builds the tensor on the host and copies it, which cannot be captured;
@@ -272,7 +272,7 @@ def out_of_memory(error: BaseException) -> bool:
     return False
 
 
-def _move_plain_tensors(model: torch.nn.Module, device: torch.device) -> None:
+def move_plain_tensors(model: torch.nn.Module, device: torch.device) -> None:
     """Move tensors that modules keep as plain attributes (not buffers) to the device.
 
     nerfstudio's torch HashEncoding keeps `scalings` and `hash_offset` as plain CPU tensors and copies them to the

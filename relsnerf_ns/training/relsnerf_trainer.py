@@ -46,6 +46,9 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from torch.profiler import record_function
 
 from relsnerf_ns.known_warnings import silence_known_warnings
+from relsnerf_ns.model.train_batches import TrainBatch
+from relsnerf_ns.training.captured_step import CapturedJointStep
+from relsnerf_ns.training.phases import Phase
 from relsnerf_ns.training.relsnerf_pipeline import RelsNerfPipeline, RelsNerfPipelineConfig
 from relsnerf_ns.training.rng_state import RngSnapshot, capture_rng_state, restore_rng_state, snapshot_rng_state
 from relsnerf_ns.training.schedulers import PhasedSchedulerConfig
@@ -97,6 +100,10 @@ class RelsNerfTrainerConfig(TrainerConfig):
     again), then end with bit-identical parameters; without it the CPU hash-grid backward sums in a thread-dependent
     order. Some steps get slower. On a GPU the fused hash-grid kernels (atomic adds) give way to nerfstudio's lookup and
     operations without a deterministic implementation warn instead of failing: close, not guaranteed bit-identical."""
+    captured_joint_step: bool = False
+    """Experimental: capture phase B's forward and backward once as a CUDA graph and replay it each step, so that the
+    host no longer issues thousands of kernel launches per step (a single GPU, CUDA only). Steps that cannot be
+    replayed (after a capture failed, said once) run as usual."""
 
 
 class RelsNerfTrainer(Trainer):
@@ -117,6 +124,8 @@ class RelsNerfTrainer(Trainer):
         self._nonfinite_streak = 0
         self._state_at_step_start: Optional[Tuple[RngSnapshot, Dict[str, Any]]] = None
         self._state_before_streak: Optional[Dict[str, Any]] = None
+        self.captured_step: Optional[CapturedJointStep] = None
+        """Phase B's CUDA-graph replay (--captured-joint-step), when on for this run."""
 
     def setup(self, test_mode: Literal["test", "val", "inference"] = "val") -> None:
         self._remove_partial_checkpoints()
@@ -129,6 +138,7 @@ class RelsNerfTrainer(Trainer):
             # Last, after everything in set-up that draws random numbers (model initialisation among others).
             if self._loaded_resume_state is not None:
                 self._restore_resume_state(self._loaded_resume_state)
+            self.captured_step = self._make_captured_step()
         except BaseException as error:
             self._remove_run_folder_of_failed_setup()
             if isinstance(error, KeyboardInterrupt):
@@ -308,11 +318,18 @@ class RelsNerfTrainer(Trainer):
         self.optimizers.zero_grad_some(needs_zero)
         device_type = self.device.split(":")[0]
         device_type = "cpu" if device_type == "mps" else device_type
-        with torch.autocast(device_type=device_type, enabled=self.mixed_precision):
-            _, loss_dict, metrics_dict = self.pipeline.get_train_loss_dict(step=step)
-            loss = functools.reduce(torch.add, loss_dict.values())
-        with record_function("relsnerf/backward"):
-            self.grad_scaler.scale(loss).backward()  # type: ignore
+        replayed, train_batch = self._replay_captured_step(step)
+        if replayed is not None:  # forward and backward replayed as a CUDA graph (--captured-joint-step)
+            loss, loss_dict, metrics_dict = replayed
+        else:
+            with torch.autocast(device_type=device_type, enabled=self.mixed_precision):
+                if train_batch is None:
+                    _, loss_dict, metrics_dict = self.pipeline.get_train_loss_dict(step=step)
+                else:  # drawn already for a replay that could not happen: the same batch, eagerly
+                    _, loss_dict, metrics_dict = self.pipeline.train_loss_dict_for(train_batch)
+                loss = functools.reduce(torch.add, loss_dict.values())
+            with record_function("relsnerf/backward"):
+                self.grad_scaler.scale(loss).backward()  # type: ignore
         stepping = [
             group
             for group in self.optimizers.parameters
@@ -349,6 +366,32 @@ class RelsNerfTrainer(Trainer):
         self._nonfinite_streak = 0  # addition 3: the step counts as completed
         self._last_completed_step = step
         return _for_logging(loss, loss_dict, metrics_dict)
+
+    def _replay_captured_step(self, step: int) -> Tuple[Optional[Tuple[Any, Dict, Dict]], Optional[TrainBatch]]:
+        """With --captured-joint-step in phase B: the step's batch and its (loss, loss_dict, metrics) replayed from a
+        CUDA graph, or (None, batch) when this step runs eagerly; (None, None) otherwise (nothing drawn yet)."""
+        if self.captured_step is None or self.pipeline.schedule.phase_at(step) != Phase.JOINT:
+            return None, None
+        train_batch = self.pipeline.next_train_batch(step)
+        with record_function("relsnerf/captured_step"):
+            return self.captured_step.run(train_batch), train_batch
+
+    def _make_captured_step(self) -> Optional[CapturedJointStep]:
+        """The CUDA-graph replay of phase B's forward and backward, when asked for and possible here."""
+        if not self.config.captured_joint_step:
+            return None
+        reasons = []
+        if self.world_size > 1:
+            reasons.append("it runs in a single process (not with several GPUs)")
+        if not str(self.device).startswith("cuda"):
+            reasons.append(f"it needs a CUDA device (this run trains on {self.device})")
+        if self.config.deterministic:
+            reasons.append("--deterministic asks for the plain hash-grid lookups, which it does not capture")
+        if reasons:
+            CONSOLE.print(f"[yellow]--captured-joint-step is off for this run: {'; '.join(reasons)}.")
+            return None
+        model = self.pipeline.model
+        return CapturedJointStep(self.pipeline.train_loss_dict_for, model, self.grad_scaler, self.mixed_precision)
 
     def _start_step_checks(self, step: int) -> None:
         """Stop at this step when a stop signal came (on any rank); keep what the step starts from."""
