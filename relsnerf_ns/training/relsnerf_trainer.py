@@ -103,7 +103,7 @@ class RelsNerfTrainerConfig(TrainerConfig):
     captured_joint_step: bool = False
     """Experimental: capture phase B's forward and backward once as a CUDA graph and replay it each step, so that the
     host no longer issues thousands of kernel launches per step (a single GPU, CUDA only). Steps that cannot be
-    replayed (after a capture failed, said once) run as usual."""
+    replayed (after a capture failed, said once) run as usual. Its speed-up is not yet measured."""
 
 
 class RelsNerfTrainer(Trainer):
