@@ -10,9 +10,11 @@ import torch
 
 from relsnerf_ns.model.train_batches import AutoencoderBatch, JointBatch
 from relsnerf_ns.training.captured_step import (
+    AGREEMENT,
     CapturedJointStep,
     batch_signature,
     copy_into,
+    loss_disagreement,
     proposal_update_due,
     static_copy,
 )
@@ -123,6 +125,19 @@ def test_a_replayer_on_a_cpu_model_or_another_phase_leaves_the_step_to_the_eager
     assert replayer.run(batch) is None and replayer.captures == 0 and not replayer.graphs
 
 
+def test_a_new_graph_is_used_only_if_its_losses_agree_with_the_eager_pass():
+    eager = {"rgb_loss": 0.25, "patch_loss": 0.5}
+    close = {"rgb_loss": torch.tensor(0.25 * (1 + AGREEMENT / 2)), "patch_loss": torch.tensor(0.5)}
+    assert loss_disagreement(eager, close) is None
+    off = {"rgb_loss": torch.tensor(0.25), "patch_loss": torch.tensor(0.5 * (1 + 3 * AGREEMENT))}
+    assert loss_disagreement(eager, off) == "patch_loss 0.5015 instead of 0.5"
+    missing = {"rgb_loss": torch.tensor(0.25)}
+    assert loss_disagreement(eager, missing) == "losses ['rgb_loss'] instead of ['patch_loss', 'rgb_loss']"
+    assert (
+        loss_disagreement(eager, {**close, "patch_loss": torch.tensor(float("nan"))}) == "patch_loss nan instead of 0.5"
+    )
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 def test_a_replayed_step_gives_the_eager_steps_losses_and_gradients(scene, tmp_path):
     trainer = joint_trainer(scene, tmp_path, device="cuda", captured_joint_step=True)
@@ -143,7 +158,7 @@ def test_a_replayed_step_gives_the_eager_steps_losses_and_gradients(scene, tmp_p
         model.proposal_sampler._steps_since_update, model.proposal_sampler._step = sampler_state
         model.zero_grad(set_to_none=True)
         replayed = replayer.run(batch)
-        assert replayed is not None, replayer.failure
+        assert replayed is not None and replayer.failure is None, replayer.failure
         _, losses, _ = replayed
         assert losses.keys() == eager_losses.keys()
         for name, value in losses.items():

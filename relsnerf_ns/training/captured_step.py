@@ -20,8 +20,10 @@ What a replay cannot see, and how each is handled:
   parameters again (the trainer zeroes gradients by setting them to None).
 - Random numbers (the samplers' jitter) come from the CUDA generator's state at replay time, as in an eager step.
 
-If a capture fails (an operation that synchronises with the host inside the step, e.g. from a new loss term), the
-run goes on eagerly and says so once. Everything here is CUDA-only: on other devices `run` returns None.
+Each new graph is checked once before it is used: its first replay must give the losses of an eager forward pass
+over the same batch from the same random state (to `AGREEMENT`). If a capture fails (an operation that synchronises
+with the host inside the step, e.g. from a new loss term) or a check does, the run goes on eagerly and says so once.
+Everything here is CUDA-only: on other devices `run` returns None.
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ MAX_GRAPHS = 4
 
 WARMUP_PASSES = 2
 """Eager passes on a side stream before a capture (CUDA graphs need the kernels' lazy set-up done first)."""
+
+AGREEMENT = 1e-3
+"""Relative difference allowed between a new graph's losses and the eager pass's (the annealing exponent is a device
+tensor in the graph and a Python float eagerly; float16 sums may also round differently)."""
 
 UNREAD_BATCH_VALUES = frozenset({"camera_index", "top", "left"})
 """Python values of a phase-B batch that change every step and that the loss does not read (where the latent
@@ -133,6 +139,7 @@ class _Graph:
     proposal_update: bool
     inputs_kept: Any
     """Objects whose identity is part of the key, kept alive so that their ids cannot be reused."""
+    replays: int = 0
 
 
 class CapturedJointStep:
@@ -193,6 +200,7 @@ class CapturedJointStep:
             return None
         key = self._key(batch)
         captured = self.graphs.get(key)
+        reference = None
         if captured is None:
             if len(self.graphs) >= MAX_GRAPHS:
                 self.graphs.clear()  # batch shapes keep changing: free the oldest graphs' memory
@@ -200,9 +208,19 @@ class CapturedJointStep:
             if captured is None:
                 return None
         copy_into(captured.batch, batch)
+        if captured.replays == 0:
+            reference = self._eager_losses(captured.batch)
         if self.anneal is not None:
             self.anneal.fill_(float(self.sampler._anneal))
         captured.graph.replay()
+        if reference is not None:
+            disagreement = loss_disagreement(reference, captured.loss_dict)
+            if disagreement is not None:
+                self._give_up(f"a replay gave other losses than the eager step ({disagreement})")
+                return None
+            if self.replays == 0:
+                CONSOLE.print("Phase B's forward and backward are replayed from a CUDA graph from now on.")
+        captured.replays += 1
         self.replays += 1
         if captured.proposal_update and self.sampler is not None:
             self.sampler._steps_since_update = 0  # what the sampler's own forward does after an update
@@ -221,6 +239,25 @@ class CapturedJointStep:
             loss = functools.reduce(torch.add, loss_dict.values())
         self.grad_scaler.scale(loss).backward()
         return loss, loss_dict, metrics
+
+    def _eager_losses(self, batch: JointBatch) -> Dict[str, float]:
+        """The batch's losses from an eager forward pass, leaving the random state and the sampler as they were."""
+        device = next(self.model.parameters()).device
+        random_state = torch.cuda.get_rng_state(device)
+        sampler = self.sampler
+        saved = (sampler._steps_since_update, sampler._step) if sampler is not None else None
+        with torch.no_grad(), torch.autocast(device_type="cuda", enabled=self.mixed_precision, cache_enabled=False):
+            _, loss_dict, _ = self.forward(batch)
+        values = {name: float(value) for name, value in loss_dict.items()}
+        torch.cuda.set_rng_state(random_state, device)
+        self._restore_sampler(saved)
+        return values
+
+    def _give_up(self, reason: str) -> None:
+        self.graphs.clear()
+        self.model.zero_grad(set_to_none=True)
+        self.failure = reason
+        CONSOLE.print(f"[yellow]--captured-joint-step: {reason}; training goes on with the eager step (no CUDA graph).")
 
     def _capture(self, batch: JointBatch, key: Hashable) -> Optional[_Graph]:
         device = next(self.model.parameters()).device
@@ -257,14 +294,9 @@ class CapturedJointStep:
         except Exception as error:  # noqa: BLE001 - any failure leaves the eager step, which is always correct
             if float_anneal is not None:
                 sampler._anneal = float_anneal
-            self.model.zero_grad(set_to_none=True)
             self._restore_sampler(saved)
-            self.graphs.clear()
-            self.failure = f"capture failed ({type(error).__name__}: {str(error).splitlines()[0][:200]})"
-            CONSOLE.print(
-                f"[yellow]--captured-joint-step: the phase-B step could not be captured as a CUDA graph "
-                f"({self.failure}); training goes on with the eager step."
-            )
+            first_line = (str(error).splitlines() or [""])[0][:200]
+            self._give_up(f"the phase-B step could not be captured ({type(error).__name__}: {first_line})")
             return None
         self._restore_sampler(saved)
         if float_anneal is not None:
@@ -275,10 +307,19 @@ class CapturedJointStep:
         captured = _Graph(graph, static, loss, loss_dict, metrics, grads, bool(proposal_update), targets)
         self.graphs[key] = captured
         self.captures += 1
-        if self.captures == 1:
-            CONSOLE.print("Phase B's forward and backward are captured as a CUDA graph and replayed from now on.")
         return captured
 
     def _restore_sampler(self, saved: Optional[Tuple[int, int]]) -> None:
         if saved is not None:
             self.sampler._steps_since_update, self.sampler._step = saved
+
+
+def loss_disagreement(reference: Dict[str, float], losses: Dict[str, Tensor]) -> Optional[str]:
+    """Where a graph's losses differ from the eager ones by more than `AGREEMENT` (None: nowhere)."""
+    if reference.keys() != losses.keys():
+        return f"losses {sorted(losses)} instead of {sorted(reference)}"
+    for name, expected in reference.items():
+        value = float(losses[name])
+        if not abs(value - expected) <= AGREEMENT * max(abs(value), abs(expected)) + 1e-7:
+            return f"{name} {value:.6g} instead of {expected:.6g}"
+    return None
