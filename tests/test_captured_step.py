@@ -169,3 +169,5 @@ def test_a_replayed_step_gives_the_eager_steps_losses_and_gradients(scene, tmp_p
             torch.testing.assert_close(grad, eager_grads[name], rtol=1e-3, atol=1e-6, msg=name)
         model.proposal_sampler.step_cb(step)
     assert replayer.captures >= 1 and replayer.replays == 3
+    replayer.release()
+    assert not replayer.graphs and all(p.grad is None for p in model.parameters())

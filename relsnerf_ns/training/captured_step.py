@@ -240,6 +240,12 @@ class CapturedJointStep:
         self.grad_scaler.scale(loss).backward()
         return loss, loss_dict, metrics
 
+    def release(self) -> None:
+        """Drop the graphs and their memory (phase B is over; a later phase-B step captures again)."""
+        if self.graphs:
+            self.graphs.clear()
+            self.model.zero_grad(set_to_none=True)  # the gradients lived in the graphs' memory
+
     def _eager_losses(self, batch: JointBatch) -> Dict[str, float]:
         """The batch's losses from an eager forward pass, leaving the random state and the sampler as they were."""
         device = next(self.model.parameters()).device

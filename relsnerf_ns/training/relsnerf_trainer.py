@@ -370,7 +370,10 @@ class RelsNerfTrainer(Trainer):
     def _replay_captured_step(self, step: int) -> Tuple[Optional[Tuple[Any, Dict, Dict]], Optional[TrainBatch]]:
         """With --captured-joint-step in phase B: the step's batch and its (loss, loss_dict, metrics) replayed from a
         CUDA graph, or (None, batch) when this step runs eagerly; (None, None) otherwise (nothing drawn yet)."""
-        if self.captured_step is None or self.pipeline.schedule.phase_at(step) != Phase.JOINT:
+        if self.captured_step is None:
+            return None, None
+        if self.pipeline.schedule.phase_at(step) != Phase.JOINT:
+            self.captured_step.release()  # phase B is over: its graphs' memory goes back to the allocator
             return None, None
         train_batch = self.pipeline.next_train_batch(step)
         with record_function("relsnerf/captured_step"):
