@@ -227,6 +227,11 @@ tinyB_guided_decoder_rate() { tiny_b tinyB_guided_decoder_rate $GUIDED $GUIDANCE
 # shellcheck disable=SC2086
 tinyB_surface_decoder_rate() { tiny_b tinyB_surface_decoder_rate $SURFACE $GUIDANCE_AT_DECODER_RATE; }
 
+# Phase B replayed from CUDA graphs (a speed option: quality should not move), against tinyB_guided (the same
+# recipe, eager).
+# shellcheck disable=SC2086
+tinyB_captured() { tiny_b tinyB_captured $GUIDED --captured-joint-step True; }
+
 VARIANTS=("$@")
 [ ${#VARIANTS[@]} -eq 0 ] && VARIANTS=(tiny_c_short tinyB_paper_nerf_rate tinyB_phase_targets tiny_phase_targets_c_short
     tinyB_view_free_latents tiny_c_decoder_rate tiny_c_anywhere tiny_c_anywhere_long tinyB_frozen_decoder
@@ -236,7 +241,7 @@ VARIANTS=("$@")
     tiny_centred_targets_c_anywhere tiny_centred_targets_c_paper tinyB_compiled tinyB_interpolated_targets tinyB_paper_b
     tinyB_guided tiny_guided_c_short tinyB_unguided tiny_unguided_c_short r32_guided r32_unguided tinyB_surface
     tiny_surface_c_short r32_surface tinyB_guided_decoder_rate tinyB_surface_decoder_rate
-    tinyB_surface_16 tinyB_surface_2x2)
+    tinyB_surface_16 tinyB_surface_2x2 tinyB_captured)
 for variant in "${VARIANTS[@]}"; do "$variant"; done
 
 python3 - "$OUT" <<'EOF'
