@@ -75,7 +75,7 @@ def batch_signature(value: Any) -> Hashable:
                 if f.name not in UNREAD_BATCH_VALUES and not f.name.startswith("_")
             ),
         )
-    return ("value", value)
+    return ("value", value if isinstance(value, Hashable) else repr(value))
 
 
 def static_copy(value: Any, device: torch.device) -> Any:
