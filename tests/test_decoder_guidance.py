@@ -28,6 +28,7 @@ from relsnerf_ns.rendering.latent_rays import (
     latent_ray_bundle,
 )
 from relsnerf_ns.training.phases import Phase
+from relsnerf_ns.training.relsnerf_trainer import restart_changed_group
 
 from .conftest import TINY_AE, TINY_MODEL, camera, phase_losses, reached_groups, tiny_config
 from .test_joint_pass import joint_batch
@@ -144,8 +145,8 @@ def test_decoder_input_map_appends_the_guidance_channels(kind, channels):
         colours, accumulations = expected.reshape(3, 4, 16, 4)[..., :3], expected.reshape(3, 4, 16, 4)[..., 3]
         assert colours.std() > 0 and accumulations.std() > 0  # colours and accumulations, not constants
         assert 0 <= float(colours.min()) and float(colours.max()) <= 1 and float(accumulations.max()) <= 1
-    # Three convolutions of the adapter (weight, bias); surface guidance adds the refiner's two.
-    assert len(list(model.decoder_guidance.parameters())) == {0: 0, 3: 6, 5: 6, 69: 10}[channels]
+    # Three convolutions of the adapter (weight, bias); surface guidance adds the refiner's three.
+    assert len(list(model.decoder_guidance.parameters())) == {0: 0, 3: 6, 5: 6, 69: 12}[channels]
 
 
 @pytest.mark.parametrize("k", [2, 4])
@@ -160,11 +161,52 @@ def test_the_surface_image_puts_each_point_under_its_sub_block(k):
                     codes[0, point * 4 + c, r, col] = 1000 * r + 100 * col + 4 * point + c
     image = surface_image(codes, k)
     assert image.shape == (1, 3, rows * k, cols * k)
+    with_accumulation = surface_image(codes, k, with_accumulation=True)
+    assert with_accumulation.shape == (1, 4, rows * k, cols * k)
     for y, x in [(0, 0), (rows * k - 1, 2), (rows * k - 1, cols * k - 1), (3, cols * k - 3)]:
         r, i, col, j = y // k, y % k, x // k, x % k
         point = i * k + j  # row-major over the block, as block_offsets orders them
         for c in range(3):
             assert image[0, c, y, x] == 1000 * r + 100 * col + 4 * point + c
+        for c in range(4):
+            assert with_accumulation[0, c, y, x] == 1000 * r + 100 * col + 4 * point + c
+
+
+def surface_guidance_inputs(latent_channels=8, rows=3, cols=4, seed=1):
+    """A surface-guidance module with random weights everywhere, a decoded image and its guidance maps."""
+    torch.manual_seed(seed)
+    guidance_module = DecoderGuidance("rgb-depth-surface", latent_channels)
+    for parameter in guidance_module.parameters():
+        torch.nn.init.normal_(parameter, std=0.2)
+    guidance = torch.rand(2, guidance_module.channels, rows, cols)
+    decoded = torch.rand(2, 3, 8 * rows, 8 * cols)
+    return guidance_module, guidance, decoded
+
+
+def test_the_refiner_reads_the_sub_block_rays_accumulation():
+    module, guidance, decoded = surface_guidance_inputs()
+    accumulation_channels = [i for i in range(module.channels - module.surface_channels, module.channels) if i % 4 == 3]
+    other = guidance.clone()
+    other[:, accumulation_channels] = torch.rand_like(other[:, accumulation_channels])
+    assert not torch.allclose(module.refine(decoded, guidance), module.refine(decoded, other))
+    assert module.refiner[0].in_channels == 7  # decoded image, surface colours, surface accumulation
+
+
+def test_a_checkpoint_of_the_earlier_refiner_loads_and_refines_exactly_as_it_did():
+    module, guidance, decoded = surface_guidance_inputs()
+    torch.manual_seed(2)
+    width = module.refiner[0].out_channels
+    first, last = torch.nn.Conv2d(6, width, 3, padding=1), torch.nn.Conv2d(width, 3, 3, padding=1)
+    for parameter in [*first.parameters(), *last.parameters()]:
+        torch.nn.init.normal_(parameter, std=0.2)
+    state = {k: v for k, v in module.state_dict().items() if not k.startswith("refiner.")}
+    state.update({"refiner.0.weight": first.weight, "refiner.0.bias": first.bias})
+    state.update({"refiner.2.weight": last.weight, "refiner.2.bias": last.bias})
+    module.load_state_dict({k: v.detach().clone() for k, v in state.items()})  # strict: every key maps
+    # What the earlier refiner computed: decoded + conv(ReLU(conv([decoded, upsampled surface colours]))).
+    colours = module.upsampled_surface_image(guidance, decoded.shape[-2:])
+    expected = decoded + last(torch.relu(first(torch.cat([decoded, colours], dim=1))))
+    torch.testing.assert_close(module.refine(decoded, guidance), expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("kind", GUIDED_KINDS)
@@ -449,3 +491,28 @@ def test_surface_guidance_refuses_cameras_that_are_not_pinhole_before_training(s
     trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()
     assert trainer.pipeline.relsnerf_model.decoder_guidance.kind == "rgb-depth"
+
+
+def test_a_checkpoints_guidance_group_of_another_size_resumes_with_fresh_moments(capsys):
+    def adam(count, lr):
+        params = [torch.nn.Parameter(torch.ones(2)) for _ in range(count)]
+        optimizer = torch.optim.Adam(params, lr=lr)
+        sum(p.sum() for p in params).backward()
+        optimizer.step()  # moments to carry
+        return optimizer
+
+    now = {"decoder_guidance": torch.optim.Adam([torch.nn.Parameter(torch.ones(2)) for _ in range(12)], lr=1e-3)}
+    earlier = {"decoder_guidance": adam(10, 5e-4).state_dict()}
+    restart_changed_group(earlier, now, "decoder_guidance")
+    restarted = earlier["decoder_guidance"]
+    assert restarted["state"] == {} and restarted["param_groups"][0]["params"] == list(range(12))
+    assert restarted["param_groups"][0]["lr"] == 1e-3
+    now["decoder_guidance"].load_state_dict(restarted)  # what nerfstudio's load_optimizers then does
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "optimizer group 'decoder_guidance' holds 10 parameters, this run's 12" in printed
+    assert "fresh Adam moments" in printed
+    same = {"decoder_guidance": adam(12, 5e-4).state_dict()}
+    kept = copy.deepcopy(same)
+    restart_changed_group(same, now, "decoder_guidance")
+    assert same["decoder_guidance"]["param_groups"] == kept["decoder_guidance"]["param_groups"]
+    assert same["decoder_guidance"]["state"].keys() == kept["decoder_guidance"]["state"].keys() != set()

@@ -18,9 +18,9 @@ low, and the adapter sees that. A single point per sub-block ray (on the plane t
 the first version) gave a surface image of 19.0 dB on the demo scene, where the colour NeRF at half resolution gives
 28.0 and 16 composited samples 27.2 (docs/method.md). The sub-block colours also reach the decoded image directly, as
 latentSplat's skip connections do: laid out as an image at k/8 of the resolution and upsampled, they go with the decoded
-image through a small full-resolution refiner whose correction, zero until trained, is added to it: D(z + A(g)) +
-R(D(z+A(g)), S). Detail the latent map cannot hold then has a path that does not go through the autoencoder's latent
-space.
+image, with the sub-block rays' accumulations (where their colours can be trusted), through a small full-resolution
+refiner whose correction, zero until trained, is added to it: D(z + A(g)) + R(D(z+A(g)), S). Detail the latent map
+cannot hold then has a path that does not go through the autoencoder's latent space.
 
 In code, a "decoder input map" is the latent map with the guidance channels appended, channels last:
 [..., rows, cols, n + G]. Everything that carries latent maps to the decoder (phase B's patches, phase C's cached
@@ -120,11 +120,19 @@ class DecoderGuidance(nn.Module):
         self.surface_channels = self.channel_names.count("surface")
         self.refiner = None
         if self.surface_channels:
-            # Full resolution, so kept small: two 3x3 convolutions over the decoded image and the surface image.
+            # Full resolution, so kept small: three 3x3 convolutions over the decoded image and the surface image
+            # with its accumulation (7 channels). An earlier refiner had two over 6 channels: `_load_from_state_dict`
+            # maps its weights onto this one exactly.
             correction = nn.Conv2d(REFINER_CHANNELS, 3, 3, padding=1)
             nn.init.zeros_(correction.weight)
             nn.init.zeros_(correction.bias)
-            self.refiner = nn.Sequential(nn.Conv2d(6, REFINER_CHANNELS, 3, padding=1), nn.ReLU(), correction)
+            self.refiner = nn.Sequential(
+                nn.Conv2d(7, REFINER_CHANNELS, 3, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(REFINER_CHANNELS, REFINER_CHANNELS, 3, padding=1),
+                nn.ReLU(),
+                correction,
+            )
 
     @property
     def enabled(self) -> bool:
@@ -176,25 +184,45 @@ class DecoderGuidance(nn.Module):
         the image unchanged otherwise)."""
         if self.refiner is None:
             return decoded
-        surface = self.upsampled_surface_image(guidance, decoded.shape[-2:])
+        surface = self.upsampled_surface_image(guidance, decoded.shape[-2:], with_accumulation=True)
         return decoded + self.refiner(torch.cat([decoded, surface.to(decoded.dtype)], dim=1))
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Checkpoints of the earlier two-layer refiner over colour alone load as this refiner computing the same
+        correction: a zero weight for the accumulation, an identity middle layer (ReLU of a ReLU output is itself)."""
+        first, last = f"{prefix}refiner.0.weight", f"{prefix}refiner.2.weight"
+        if self.refiner is not None and first in state_dict and state_dict[first].shape[1] == 6:
+            if state_dict[last].shape[0] == 3:  # the earlier layout: conv(6 -> w), ReLU, conv(w -> 3)
+                weight = state_dict[first]
+                state_dict[first] = torch.cat([weight, weight.new_zeros(weight.shape[0], 1, 3, 3)], dim=1)
+                state_dict[f"{prefix}refiner.4.weight"] = state_dict.pop(last)
+                state_dict[f"{prefix}refiner.4.bias"] = state_dict.pop(f"{prefix}refiner.2.bias")
+                width = weight.shape[0]
+                identity = weight.new_zeros(width, width, 3, 3)
+                identity[torch.arange(width), torch.arange(width), 1, 1] = 1.0
+                state_dict[last] = identity
+                state_dict[f"{prefix}refiner.2.bias"] = weight.new_zeros(width)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def upsampled_surface_image(
-        self, guidance: Float[Tensor, "batch G h w"], size: Tuple[int, int]
-    ) -> Float[Tensor, "batch 3 H W"]:
-        """The sub-block rays' colours as an image, bilinearly upsampled to `size`: what the refiner reads."""
+        self, guidance: Float[Tensor, "batch G h w"], size: Tuple[int, int], with_accumulation: bool = False
+    ) -> Float[Tensor, "batch c H W"]:
+        """The sub-block rays' colours (and accumulations, with `with_accumulation`) as an image, bilinearly upsampled
+        to `size`: what the refiner reads."""
         # The surface channels come last.
-        surface = surface_image(guidance[:, -self.surface_channels :], self.surface_rays_per_side)
+        surface = surface_image(guidance[:, -self.surface_channels :], self.surface_rays_per_side, with_accumulation)
         return F.interpolate(surface, size=tuple(size), mode="bilinear", align_corners=False)
 
 
 def surface_image(
-    surface: Float[Tensor, "batch S h w"], k: int = SURFACE_POINTS_PER_SIDE
-) -> Float[Tensor, "batch 3 h*k w*k"]:
-    """The k x k sub-block rays' colours as an image: ray (i, j) of block (r, c) at pixel (k r + i, k c + j)."""
+    surface: Float[Tensor, "batch S h w"], k: int = SURFACE_POINTS_PER_SIDE, with_accumulation: bool = False
+) -> Float[Tensor, "batch c h*k w*k"]:
+    """The k x k sub-block rays' colours (and accumulations: c = 4) as an image: ray (i, j) of block (r, c) at pixel
+    (k r + i, k c + j)."""
     batch, _, rows, cols = surface.shape
-    points = surface.reshape(batch, k, k, SURFACE_CHANNELS_PER_POINT, rows, cols)[:, :, :, :3]  # [b, i, j, 3, r, c]
-    return points.permute(0, 3, 4, 1, 5, 2).reshape(batch, 3, rows * k, cols * k)
+    channels = 4 if with_accumulation else 3
+    points = surface.reshape(batch, k, k, SURFACE_CHANNELS_PER_POINT, rows, cols)[:, :, :, :channels]
+    return points.permute(0, 3, 4, 1, 5, 2).reshape(batch, channels, rows * k, cols * k)
 
 
 __all__ = [

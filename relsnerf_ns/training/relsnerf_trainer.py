@@ -566,6 +566,7 @@ class RelsNerfTrainer(Trainer):
         # step); one of a version that trained the guidance modules within the decoder's group gets them split off.
         if "decoder_guidance" in self.optimizers.optimizers:
             move_trailing_parameters(loaded["optimizers"], self.optimizers.optimizers, "ae_decoder", "decoder_guidance")
+            restart_changed_group(loaded["optimizers"], self.optimizers.optimizers, "decoder_guidance")
         self.optimizers.load_optimizers(loaded["optimizers"])
         if "schedulers" in loaded and self.config.load_scheduler:
             self.optimizers.load_schedulers(loaded["schedulers"])
@@ -806,3 +807,20 @@ def move_trailing_parameters(
         "state": {new: moments[old] for new, old in enumerate(moved) if old in moments},
         "param_groups": [dict(optimizers[to].state_dict()["param_groups"][0], params=list(range(len(moved))))],
     }
+
+
+def restart_changed_group(states: Dict[str, Any], optimizers: Dict[str, torch.optim.Optimizer], group: str) -> None:
+    """Fresh Adam moments for `group` when the checkpoint's holds another number of parameters than this run's (the
+    guidance modules of an earlier layout, whose weights the model maps onto the new ones): its moments would not fit
+    the new parameters. Says so once; nothing changes when the counts agree."""
+    saved = states.get(group)
+    if saved is None or len(saved["param_groups"]) != 1:
+        return
+    count = len(optimizers[group].param_groups[0]["params"])
+    if len(saved["param_groups"][0]["params"]) == count:
+        return
+    states[group] = optimizers[group].state_dict()
+    CONSOLE.print(
+        f"The checkpoint's optimizer group '{group}' holds {len(saved['param_groups'][0]['params'])} parameters, this "
+        f"run's {count} (an earlier layout of its modules): it resumes with fresh Adam moments for them."
+    )
