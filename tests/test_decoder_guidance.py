@@ -370,6 +370,31 @@ def test_a_checkpoint_trained_without_guidance_loads_into_a_guided_run_and_decod
     assert math.isfinite(float(got.mean()))
 
 
+def test_a_run_of_the_earlier_refiner_loads_through_the_pipeline_computing_the_same_correction(scene, tmp_path, capsys):
+    config = tiny_config("relsnerf-r32", scene, tmp_path, steps=(1, 1, 0))
+    config.pipeline.model.decoder_guidance = "rgb-depth-surface"
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    module = trainer.pipeline.model.decoder_guidance
+    width = module.refiner[0].out_channels
+    torch.manual_seed(3)
+    first, last = torch.nn.Conv2d(6, width, 3, padding=1), torch.nn.Conv2d(width, 3, 3, padding=1)
+    own = trainer.pipeline.model.state_dict()
+    state = {f"_model.{k}": v.clone() if torch.is_tensor(v) else v for k, v in own.items() if ".refiner." not in k}
+    for name, layer in (("0", first), ("2", last)):
+        state[f"_model.decoder_guidance.refiner.{name}.weight"] = layer.weight.detach().clone()
+        state[f"_model.decoder_guidance.refiner.{name}.bias"] = layer.bias.detach().clone()
+    capsys.readouterr()
+    trainer.pipeline.load_pipeline(state, step=1)
+    assert "refiner has the earlier layout" in " ".join(capsys.readouterr().out.split())
+    guidance = torch.rand(1, module.channels, 2, 3)
+    decoded = torch.rand(1, 3, 16, 24)
+    colours = module.upsampled_surface_image(guidance, decoded.shape[-2:])
+    with torch.no_grad():
+        expected = decoded + last(torch.relu(first(torch.cat([decoded, colours], dim=1))))
+        torch.testing.assert_close(module.refine(decoded, guidance), expected, atol=1e-5, rtol=1e-5)
+
+
 def test_the_recipe_chooses_the_guidance_unless_the_flag_is_set():
     config = copy.deepcopy(relsnerf_r32.config.pipeline.model)
     assert config.decoder_guidance is None

@@ -188,20 +188,8 @@ class DecoderGuidance(nn.Module):
         return decoded + self.refiner(torch.cat([decoded, surface.to(decoded.dtype)], dim=1))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        """Checkpoints of the earlier two-layer refiner over colour alone load as this refiner computing the same
-        correction: a zero weight for the accumulation, an identity middle layer (ReLU of a ReLU output is itself)."""
-        first, last = f"{prefix}refiner.0.weight", f"{prefix}refiner.2.weight"
-        if self.refiner is not None and first in state_dict and state_dict[first].shape[1] == 6:
-            if state_dict[last].shape[0] == 3:  # the earlier layout: conv(6 -> w), ReLU, conv(w -> 3)
-                weight = state_dict[first]
-                state_dict[first] = torch.cat([weight, weight.new_zeros(weight.shape[0], 1, 3, 3)], dim=1)
-                state_dict[f"{prefix}refiner.4.weight"] = state_dict.pop(last)
-                state_dict[f"{prefix}refiner.4.bias"] = state_dict.pop(f"{prefix}refiner.2.bias")
-                width = weight.shape[0]
-                identity = weight.new_zeros(width, width, 3, 3)
-                identity[torch.arange(width), torch.arange(width), 1, 1] = 1.0
-                state_dict[last] = identity
-                state_dict[f"{prefix}refiner.2.bias"] = weight.new_zeros(width)
+        if self.refiner is not None:
+            upgrade_earlier_refiner(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def upsampled_surface_image(
@@ -212,6 +200,28 @@ class DecoderGuidance(nn.Module):
         # The surface channels come last.
         surface = surface_image(guidance[:, -self.surface_channels :], self.surface_rays_per_side, with_accumulation)
         return F.interpolate(surface, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def upgrade_earlier_refiner(state_dict: Dict[str, Tensor], prefix: str = "") -> bool:
+    """Rewrite, in place, the weights of the earlier surface-guidance refiner (two convolutions over the decoded image
+    and the surface colours: conv(6 -> w), ReLU, conv(w -> 3)) as this refiner's, computing the same correction: a
+    zero weight for the accumulation channel and an identity middle layer (ReLU of a ReLU output is itself). True when
+    it did; state dicts of this layout, or without a refiner, are left alone."""
+    first, last = f"{prefix}refiner.0.weight", f"{prefix}refiner.2.weight"
+    if first not in state_dict or last not in state_dict:
+        return False
+    weight = state_dict[first]
+    if weight.shape[1] != 6 or state_dict[last].shape[0] != 3:
+        return False
+    width = weight.shape[0]
+    state_dict[first] = torch.cat([weight, weight.new_zeros(width, 1, 3, 3)], dim=1)
+    state_dict[f"{prefix}refiner.4.weight"] = state_dict.pop(last)
+    state_dict[f"{prefix}refiner.4.bias"] = state_dict.pop(f"{prefix}refiner.2.bias")
+    identity = weight.new_zeros(width, width, 3, 3)
+    identity[torch.arange(width), torch.arange(width), 1, 1] = 1.0
+    state_dict[last] = identity
+    state_dict[f"{prefix}refiner.2.bias"] = weight.new_zeros(width)
+    return True
 
 
 def surface_image(
@@ -231,4 +241,5 @@ __all__ = [
     "SURFACE_POINTS_PER_SIDE",
     "DecoderGuidance",
     "DecoderGuidanceKind",
+    "upgrade_earlier_refiner",
 ]

@@ -36,6 +36,7 @@ from relsnerf_ns.data.relsnerf_datamanager import (
     random_patch,
 )
 from relsnerf_ns.evaluation.held_out import DECODED, held_out_views
+from relsnerf_ns.model.decoder_guidance import upgrade_earlier_refiner
 from relsnerf_ns.model.latent_targets import LatentTargets, encode_images, offsets_within, target_bytes
 from relsnerf_ns.model.relsnerf_model import (
     CheckpointMismatchError,
@@ -531,6 +532,15 @@ class RelsNerfPipeline(VanillaPipeline):
             for key in guidance:
                 model_state[key] = own[key]
                 state_dict["_model." + key] = own[key]
+        if any(k.startswith(GUIDANCE_PREFIX + "refiner.") for k in own) and upgrade_earlier_refiner(
+            model_state, GUIDANCE_PREFIX
+        ):
+            CONSOLE.print(
+                "The checkpoint's surface-guidance refiner has the earlier layout (two convolutions over the surface "
+                "colours): loaded into the current one, which computes the same correction."
+            )
+            state_dict = {k: v for k, v in state_dict.items() if not k.startswith("_model.")}
+            state_dict.update({"_model." + k: v for k, v in model_state.items()})
         missing = sorted(set(own) - set(model_state))
         unexpected = sorted(set(model_state) - set(own))
         shapes = [
