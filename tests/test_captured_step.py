@@ -17,6 +17,7 @@ from relsnerf_ns.training.captured_step import (
     loss_disagreement,
     proposal_update_due,
     static_copy,
+    tensor_leaves,
 )
 from relsnerf_ns.training.phases import Phase
 
@@ -36,24 +37,8 @@ def joint_trainer(scene, tmp_path, device="cpu", **settings):
     return trainer
 
 
-def tensors(value):
-    found = []
-
-    def visit(item):
-        if isinstance(item, torch.Tensor):
-            found.append(item)
-        elif isinstance(item, dict):
-            for part in item.values():
-                visit(part)
-        elif isinstance(item, (list, tuple)):
-            for part in item:
-                visit(part)
-        elif dataclasses.is_dataclass(item):
-            for f in dataclasses.fields(item):
-                visit(getattr(item, f.name))
-
-    visit(value)
-    return found
+def tensor_leaves_list(value):
+    return list(tensor_leaves(value))
 
 
 def test_graphs_are_keyed_on_the_batch_shapes_and_not_on_where_the_patch_was_cropped(scene, tmp_path):
@@ -77,15 +62,15 @@ def test_graphs_are_keyed_on_the_batch_shapes_and_not_on_where_the_patch_was_cro
 def test_copy_into_refills_the_static_batch_with_the_new_batch_without_aliasing_either(scene, tmp_path):
     trainer = joint_trainer(scene, tmp_path)
     first, second = trainer.pipeline.next_train_batch(1), trainer.pipeline.next_train_batch(2)
-    first_values = [t.clone() for t in tensors(first)]
+    first_values = [t.clone() for t in tensor_leaves_list(first)]
     static = static_copy(first, torch.device("cpu"))
-    assert len(tensors(static)) == len(tensors(first)) > 10
-    assert all(s is not f for s, f in zip(tensors(static), tensors(first)))
+    assert len(tensor_leaves_list(static)) == len(tensor_leaves_list(first)) > 10
+    assert all(s is not f for s, f in zip(tensor_leaves_list(static), tensor_leaves_list(first)))
     copy_into(static, second)
-    for s, n in zip(tensors(static), tensors(second)):
+    for s, n in zip(tensor_leaves_list(static), tensor_leaves_list(second)):
         assert s is not n and torch.equal(s, n)
-    assert any(not torch.equal(a, b) for a, b in zip(first_values, tensors(second))), "batches should differ"
-    for kept, now in zip(first_values, tensors(first)):  # the batch copied from is untouched
+    assert any(not torch.equal(a, b) for a, b in zip(first_values, tensor_leaves_list(second))), "batches should differ"
+    for kept, now in zip(first_values, tensor_leaves_list(first)):  # the batch copied from is untouched
         assert torch.equal(kept, now)
 
 

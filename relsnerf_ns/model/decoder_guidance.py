@@ -121,8 +121,8 @@ class DecoderGuidance(nn.Module):
         self.refiner = None
         if self.surface_channels:
             # Full resolution, so kept small: three 3x3 convolutions over the decoded image and the surface image
-            # with its accumulation (7 channels). An earlier refiner had two over 6 channels: `_load_from_state_dict`
-            # maps its weights onto this one exactly.
+            # with its accumulation (7 channels). An earlier refiner had two over 6 channels:
+            # `upgrade_earlier_refiner` maps its weights onto this one exactly.
             correction = nn.Conv2d(REFINER_CHANNELS, 3, 3, padding=1)
             nn.init.zeros_(correction.weight)
             nn.init.zeros_(correction.bias)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Hashable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Hashable, Iterator, Optional, Tuple
 
 import torch
 from nerfstudio.utils.rich_utils import CONSOLE
@@ -85,10 +85,13 @@ def static_copy(value: Any, device: torch.device) -> Any:
 
 def copy_into(static: Any, value: Any) -> None:
     """Copy a batch's tensors into the static batch of the same signature (host tensors asynchronously)."""
-    pairs: List[Tuple[Tensor, Tensor]] = []
-    _pair_tensors(static, value, pairs)
-    for target, source in pairs:
+    for target, source in zip(tensor_leaves(static), tensor_leaves(value)):
         target.copy_(source, non_blocking=True)
+
+
+def _fields(value: Any) -> Iterator[str]:
+    """The fields of a batch dataclass that `_map_tensors` and `tensor_leaves` visit."""
+    return (f.name for f in dataclasses.fields(value) if f.init and not f.name.startswith("_"))
 
 
 def _map_tensors(value: Any, fn: Callable[[Tensor], Tensor]) -> Any:
@@ -99,28 +102,23 @@ def _map_tensors(value: Any, fn: Callable[[Tensor], Tensor]) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(_map_tensors(item, fn) for item in value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        changes = {
-            f.name: _map_tensors(getattr(value, f.name), fn)
-            for f in dataclasses.fields(value)
-            if f.init and not f.name.startswith("_")
-        }
-        return dataclasses.replace(value, **changes)
+        return dataclasses.replace(value, **{name: _map_tensors(getattr(value, name), fn) for name in _fields(value)})
     return value
 
 
-def _pair_tensors(static: Any, value: Any, pairs: List[Tuple[Tensor, Tensor]]) -> None:
-    if isinstance(static, Tensor):
-        pairs.append((static, value))
-    elif isinstance(static, dict):
-        for key, item in static.items():
-            _pair_tensors(item, value[key], pairs)
-    elif isinstance(static, (list, tuple)):
-        for item, other in zip(static, value):
-            _pair_tensors(item, other, pairs)
-    elif dataclasses.is_dataclass(static) and not isinstance(static, type):
-        for f in dataclasses.fields(static):
-            if not f.name.startswith("_"):
-                _pair_tensors(getattr(static, f.name), getattr(value, f.name), pairs)
+def tensor_leaves(value: Any) -> Iterator[Tensor]:
+    """A batch's tensors, in the order `_map_tensors` rebuilds them (so two batches of one signature pair up)."""
+    if isinstance(value, Tensor):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from tensor_leaves(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from tensor_leaves(item)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for name in _fields(value):
+            yield from tensor_leaves(getattr(value, name))
 
 
 def proposal_update_due(sampler: Any) -> bool:

@@ -393,8 +393,9 @@ class RelsNerfTrainer(Trainer):
         if reasons:
             CONSOLE.print(f"[yellow]--captured-joint-step is off for this run: {'; '.join(reasons)}.")
             return None
-        model = self.pipeline.model
-        return CapturedJointStep(self.pipeline.train_loss_dict_for, model, self.grad_scaler, self.mixed_precision)
+        return CapturedJointStep(
+            self.pipeline.train_loss_dict_for, self.pipeline.model, self.grad_scaler, self.mixed_precision
+        )
 
     def _start_step_checks(self, step: int) -> None:
         """Stop at this step when a stop signal came (on any rank); keep what the step starts from."""
